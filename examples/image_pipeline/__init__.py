@@ -1,0 +1,1 @@
+"""The seed image pipeline (see issue 3)."""

@@ -1,0 +1,215 @@
+"""The public ``Job`` handle: a view of one stored job, and the running task's reporter."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from conveyor.errors import JobFailed, JobNotFound
+from conveyor.records import Attempt, JobRecord, LogLine, Outcome, State
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+T = TypeVar("T")
+
+#: Sends progress and/or a log line for a running job; set by the worker.
+Reporter = Callable[[float | None, str | None], Awaitable[None]]
+#: The same, for a job running in a child process with no event loop.
+SyncReporter = Callable[[float | None, str | None], None]
+
+RESULT_POLL_START = 0.005
+RESULT_POLL_MAX = 0.25
+
+
+class Job(Generic[T]):
+    """One job. Producers get it from ``enqueue``; tasks receive it as their argument.
+
+    Stored fields are read from :attr:`record` and the properties below; refresh them with
+    :meth:`refresh`. Inside a task, :meth:`progress` and :meth:`log` report to the engine.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        queue: str,
+        job_id: str,
+        *,
+        task: str,
+        record: JobRecord | None = None,
+        payload: Any = None,
+        created: bool = True,
+        reporter: Reporter | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        sync_reporter: SyncReporter | None = None,
+    ) -> None:
+        self.app = app
+        self.queue = queue
+        self.id = job_id
+        self.task = task
+        self.record = record
+        #: ``False`` when enqueue found an existing job with this id (nothing new was stored).
+        self.created = created
+        self._payload = payload
+        self._reporter = reporter
+        self._loop = loop
+        self._sync_reporter = sync_reporter
+
+    def __repr__(self) -> str:
+        state = self.record.state.value if self.record else "?"
+        return f"<Job {self.queue}/{self.id} task={self.task} state={state}>"
+
+    # -- stored fields ----------------------------------------------------------------------
+
+    @property
+    def payload(self) -> T:
+        """The validated payload."""
+        if self._payload is None and self.record is not None:
+            self._payload = self.app.get_task(self.task).codec.decode_payload(self.record.payload)
+        return self._payload  # type: ignore[no-any-return]
+
+    def _rec(self) -> JobRecord:
+        if self.record is None:
+            raise JobNotFound(f"job {self.id} has not been loaded; call refresh() first")
+        return self.record
+
+    @property
+    def state(self) -> State:
+        """The state when last read."""
+        return self._rec().state
+
+    @property
+    def attempts(self) -> int:
+        """Attempts started so far (1 while the first try runs)."""
+        return self._rec().attempts
+
+    @property
+    def percent(self) -> float:
+        """Progress, 0-100, as last reported with :meth:`progress`."""
+        return self._rec().progress
+
+    @property
+    def logs(self) -> list[LogLine]:
+        """Lines written with :meth:`log`."""
+        return self._rec().logs
+
+    @property
+    def failures(self) -> list[Attempt]:
+        """Every failed attempt of the current round, oldest first, including attempts whose
+        worker died (shown as ``lost``: their lease expired without a settlement), followed by
+        earlier rounds' attempts if the job was redriven."""
+        return failure_log(self._rec())
+
+    # -- producers --------------------------------------------------------------------------
+
+    async def refresh(self) -> Job[T]:
+        """Re-read the job from the engine."""
+        engine = await self.app.engine()
+        record = await engine.get(self.queue, self.id)
+        if record is None:
+            raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
+        self.record = record
+        self.task = record.task
+        return self
+
+    def refresh_sync(self) -> Job[T]:
+        """:meth:`refresh` for synchronous code."""
+        return self.app.run_sync(self.refresh())
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job to finish and return its result.
+
+        Raises :class:`conveyor.JobFailed` if it ended in the dead-letter queue and
+        ``TimeoutError`` if ``timeout`` seconds pass first.
+        """
+        async with asyncio.timeout(timeout):
+            delay = RESULT_POLL_START
+            while True:
+                await self.refresh()
+                record = self._rec()
+                if record.state is State.COMPLETED:
+                    return self.app.get_task(self.task).codec.decode_result(record.result)
+                if record.state is State.DEAD:
+                    last = record.failures[-1] if record.failures else None
+                    reason = f"{last.error_type}: {last.message}" if last else "unknown reason"
+                    raise JobFailed(
+                        f"job {self.id} in queue {self.queue!r} is dead after "
+                        f"{record.attempts} attempt(s): {reason}"
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESULT_POLL_MAX)
+
+    def result_sync(self, timeout: float | None = None) -> Any:
+        """:meth:`result` for synchronous code."""
+        return self.app.run_sync(self.result(timeout))
+
+    # -- inside a task ----------------------------------------------------------------------
+
+    async def progress(self, percent: float) -> None:
+        """Report progress (0-100) of the running job."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"progress is a percentage from 0 to 100, got {percent}")
+        await self._report(percent, None)
+        if self.record is not None:
+            self.record.progress = percent
+
+    async def log(self, message: str) -> None:
+        """Append a line to the running job's log."""
+        await self._report(None, str(message))
+
+    def progress_sync(self, percent: float) -> None:
+        """:meth:`progress` for synchronous tasks (thread or process executor)."""
+        if self._sync_reporter is not None:
+            self._sync_reporter(percent, None)
+        else:
+            self._from_thread(self.progress(percent))
+
+    def log_sync(self, message: str) -> None:
+        """:meth:`log` for synchronous tasks (thread or process executor)."""
+        if self._sync_reporter is not None:
+            self._sync_reporter(None, str(message))
+        else:
+            self._from_thread(self.log(message))
+
+    async def _report(self, percent: float | None, message: str | None) -> None:
+        if self._reporter is None:
+            raise RuntimeError("progress() and log() work only inside a running task")
+        await self._reporter(percent, message)
+
+    def _from_thread(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError("progress_sync() and log_sync() work only inside a running task")
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+
+def failure_log(record: JobRecord) -> list[Attempt]:
+    """The job's failed attempts, with ``lost`` records for attempts that left no record.
+
+    An attempt leaves no record when its worker died: its lease expired and the job was
+    reserved again. Those gaps are derived here rather than stored, so no engine needs a
+    special path for them.
+    """
+    rounds = record.options.get("redriven", 0)
+    earlier = [a for a in record.failures if a.round < rounds]
+    current = {a.number: a for a in record.failures if a.round == rounds}
+    # The newest attempt has no record when it is running now or succeeded.
+    unrecorded_ok = record.attempts if record.state in (State.ACTIVE, State.COMPLETED) else None
+    log = [
+        current[n] if n in current else lost_attempt(n, rounds)
+        for n in range(1, max(record.attempts, max(current, default=0)) + 1)
+        if n in current or n != unrecorded_ok
+    ]
+    return earlier + log
+
+
+def lost_attempt(number: int, round_: int = 0) -> Attempt:
+    """The record shown for an attempt whose worker died before settling it."""
+    return Attempt(
+        number=number,
+        outcome=Outcome.LOST,
+        error_type="WorkerLost",
+        message="the worker died or stalled; its lease expired and the job was delivered again",
+        round=round_,
+    )
