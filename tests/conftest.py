@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.servers.moto_server"]
 
 #: engine name -> name of the fixture that yields a fresh URL for it.
 ENGINE_FIXTURES: dict[str, str] = {"sqlite": "sqlite_url"}
