@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from conveyor.alerts import Alerts
@@ -16,6 +16,7 @@ from conveyor.engines import open_engine, redact, resolve_url
 from conveyor.engines.base import Engine
 from conveyor.errors import ConfigurationError, UnknownTask
 from conveyor.job import Job
+from conveyor.middleware import Middleware
 from conveyor.records import QueueStats
 from conveyor.task import DEFAULT_QUEUE, Executor, Hook, Keep, Task, TaskOptions
 
@@ -44,12 +45,14 @@ class App:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         alerts: Alerts | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.url = resolve_url(url)
         self.clock: Clock = clock or SystemClock()
         self.max_payload_bytes = max_payload_bytes
         self.lease_seconds = lease_seconds
         self.alerts = alerts or Alerts()
+        self.middleware: list[Middleware] = list(middleware)
         self.tasks: dict[str, Task[Any]] = {}
         self.completed_hooks: list[Hook] = []
         self.failed_hooks: list[Hook] = []
@@ -142,6 +145,10 @@ class App:
     def queues(self) -> list[str]:
         """The queues the registered tasks use."""
         return sorted({t.options.queue for t in self.tasks.values()})
+
+    def add_middleware(self, mw: Middleware) -> None:
+        """Add middleware that wraps every enqueue and attempt (see conveyor.middleware)."""
+        self.middleware.append(mw)
 
     # -- app-wide hooks ---------------------------------------------------------------------
 

@@ -160,6 +160,8 @@ class Task(Generic[R]):
         schedules it for later; the other arguments override the task's options for this job.
         """
         new = self.build(payload, job_id, delay, priority, queue, retries, timeout, backoff)
+        for mw in self.app.middleware:
+            mw.on_enqueue([new])
         engine = await self.app.engine()
         (created,) = await engine.enqueue([new])
         return self._handle(new, created, payload)
@@ -199,6 +201,8 @@ class Task(Generic[R]):
         new = [self.build(s.payload, s.job_id, s.delay, s.priority) for s in specs]
         if not new:
             return []
+        for mw in self.app.middleware:
+            mw.on_enqueue(new)
         engine = await self.app.engine()
         created = await engine.enqueue(new)
         return [self._handle(n, c, s.payload) for n, c, s in zip(new, created, specs, strict=True)]

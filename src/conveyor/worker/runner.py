@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import JobTimeout, PayloadInvalid, Unrecoverable
 from conveyor.job import Job
+from conveyor.middleware import chain
 from conveyor.records import (
     Attempt,
     Complete,
@@ -306,6 +308,14 @@ class Worker:
         )
 
     async def _execute(
+        self, task: Task[Any], options: TaskOptions, job: Job[Any], payload: Any
+    ) -> bytes:
+        run = functools.partial(self._attempt, task, options, job, payload)
+        if self.app.middleware:
+            return await chain(self.app.middleware, job, run)()
+        return await run()
+
+    async def _attempt(
         self, task: Task[Any], options: TaskOptions, job: Job[Any], payload: Any
     ) -> bytes:
         arg = job if task.takes_job else payload
