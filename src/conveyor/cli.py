@@ -26,8 +26,9 @@ from conveyor.job import failure_log
 from conveyor.records import JobRecord, State
 
 T = TypeVar("T")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+#: Piped output gets wide tables, so job ids and errors are never cut (grep-able).
+PIPED_WIDTH = 240
+out = Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
 # -- loading the app --------------------------------------------------------------------------

@@ -17,7 +17,9 @@ from tests.servers import free_port, wait_for_port
 def moto_endpoint() -> Iterator[str]:
     """The URL of a moto server started for this test session (fails if it cannot start)."""
     port = free_port()
-    exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+    exe = shutil.which("moto_server") or os.path.join(
+        os.path.dirname(sys.executable), "moto_server"
+    )
     cmd = [exe, "-H", "127.0.0.1", "-p", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
