@@ -38,6 +38,7 @@ from conveyor.errors import (
 )
 from conveyor.job import Job
 from conveyor.records import Attempt, LogLine, Outcome, State
+from conveyor.signing import SignatureInvalid, Signing
 from conveyor.task import Enqueue, Keep, Task, TaskOptions
 from conveyor.worker import Worker
 
@@ -65,6 +66,8 @@ __all__ = [
     "Outcome",
     "PayloadInvalid",
     "PayloadTooLarge",
+    "SignatureInvalid",
+    "Signing",
     "State",
     "SystemClock",
     "Task",

@@ -18,6 +18,7 @@ from conveyor.errors import ConfigurationError, UnknownTask
 from conveyor.job import Job
 from conveyor.middleware import Middleware
 from conveyor.records import QueueStats
+from conveyor.signing import Signing
 from conveyor.task import DEFAULT_QUEUE, Executor, Hook, Keep, Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class App:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         alerts: Alerts | None = None,
         middleware: Sequence[Middleware] = (),
+        signing: Signing | None = None,
     ) -> None:
         self.url = resolve_url(url)
         self.clock: Clock = clock or SystemClock()
@@ -53,6 +55,8 @@ class App:
         self.lease_seconds = lease_seconds
         self.alerts = alerts or Alerts()
         self.middleware: list[Middleware] = list(middleware)
+        #: HMAC signing of jobs (see conveyor.signing); ``None``: jobs are not signed.
+        self.signing = signing
         self.tasks: dict[str, Task[Any]] = {}
         self.completed_hooks: list[Hook] = []
         self.failed_hooks: list[Hook] = []

@@ -241,7 +241,7 @@ class Task(Generic[R]):
         if backoff is not None:
             overrides["backoff"] = backoff.to_json()
         now = self.app.clock.now()
-        return NewJob(
+        new = NewJob(
             queue=queue or self.options.queue,
             id=job_id or os.urandom(12).hex(),
             task=self.name,
@@ -251,6 +251,9 @@ class Task(Generic[R]):
             created_at=now,
             options=overrides,
         )
+        if self.app.signing is not None:
+            self.app.signing.sign(new)
+        return new
 
     def payload_limit(self) -> int | None:
         """The payload size limit in force: the task's, else the app's, capped by the engine."""

@@ -30,6 +30,7 @@ from conveyor.records import (
     Settlement,
     State,
 )
+from conveyor.signing import SignatureInvalid
 from conveyor.worker.errors import attempt_from
 from conveyor.worker.process_pool import ChildFailed, ProcessPool
 from conveyor.worker.settler import Settler
@@ -251,6 +252,14 @@ class Worker:
                     f"(known: {', '.join(sorted(self.app.tasks)) or 'none'})",
                 )
                 return
+            if self.app.signing is not None:
+                try:
+                    self.app.signing.verify(record)
+                except SignatureInvalid as exc:
+                    await self._fail_now(
+                        record, started, Outcome.INVALID, "SignatureInvalid", str(exc), task=task
+                    )
+                    return
             options = task.effective(record.options)
             if record.attempts > options.max_attempts:
                 await self._fail_now(
