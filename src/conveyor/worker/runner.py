@@ -348,15 +348,21 @@ class Worker:
                     loop = asyncio.get_running_loop()
                     value = await loop.run_in_executor(self._threads, lambda: task.fn(*args))
         except TimeoutError:
-            how = (
-                "cancelled"
-                if options.executor == "async"
-                else ("abandoned (its thread may still run until it returns)")
-            )
+            how = "cancelled"
+            if options.executor == "thread":
+                how = "abandoned (its thread may still run until it returns)"
+                self._replace_thread_pool()
             raise JobTimeout(
                 f"task {task.name} ran past its {timeout:g}s timeout and was {how}"
             ) from None
         return task.codec.encode_result(value)
+
+    def _replace_thread_pool(self) -> None:
+        """Give new jobs a fresh pool: Python cannot kill the timed-out thread, and it would
+        hold one of the old pool's slots until its function returns."""
+        old = self._threads
+        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="conveyor-job")
+        old.shutdown(wait=False)
 
     async def _completed(
         self, record: JobRecord, task: Task[Any], options: TaskOptions, job: Job[Any], result: bytes
