@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.servers.moto_server"]
+pytest_plugins: list[str] = ["tests.servers.moto_server", "tests.servers.redis_server"]
 
 #: engine name -> name of the fixture that yields a fresh URL for it.
-ENGINE_FIXTURES: dict[str, str] = {"sqlite": "sqlite_url"}
+ENGINE_FIXTURES: dict[str, str] = {"sqlite": "sqlite_url", "redis": "redis_url"}
 
 
 def _selected_engines() -> list[str]:
