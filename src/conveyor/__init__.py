@@ -19,6 +19,7 @@ Quick start::
 Run workers with ``conveyor worker myapp:app``.
 """
 
+from conveyor import testing
 from conveyor.alerts import Alert, Alerts, CallableSink, LogSink, WebhookSink
 from conveyor.app import App
 from conveyor.backoff import Backoff
@@ -76,6 +77,7 @@ __all__ = [
     "Unrecoverable",
     "WebhookSink",
     "Worker",
+    "testing",
 ]
 
 __version__ = "0.1.0"
