@@ -238,17 +238,23 @@ async def jobs(app: App, queue: str, state: str, limit: int, offset: int) -> Non
 
 
 @cli.command()
-@click.argument("queue")
 @click.argument("job_id")
+@click.option("--queue", "-q", help="The job's queue (default: look in every queue).")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @with_app
 @command
-async def job(app: App, queue: str, job_id: str, as_json: bool) -> None:
-    """Show one job: payload, state, progress, logs, result and every attempt."""
-    record = await (await app.engine()).get(queue, job_id)
-    if record is None:
-        raise click.ClickException(f"no job {job_id!r} in queue {queue!r}")
-    _show_record(record, as_json)
+async def job(app: App, job_id: str, queue: str | None, as_json: bool) -> None:
+    """Show job JOB_ID: payload, state, progress, logs, result and every attempt."""
+    engine = await app.engine()
+    queues = [queue] if queue else [s.queue for s in await engine.stats()]
+    found = [r for r in [await engine.get(q, job_id) for q in queues] if r is not None]
+    if not found:
+        where = f"queue {queue!r}" if queue else "any queue"
+        raise click.ClickException(f"no job {job_id!r} in {where}")
+    if len(found) > 1:
+        names = ", ".join(r.queue for r in found)
+        raise click.ClickException(f"job id {job_id!r} exists in {names}: add --queue")
+    _show_record(found[0], as_json)
 
 
 @cli.command()

@@ -85,6 +85,31 @@ class Job(Generic[T]):
         return self._rec().attempts
 
     @property
+    def created_at(self) -> float:
+        """When the job was enqueued (epoch seconds)."""
+        return self._rec().created_at
+
+    @property
+    def run_at(self) -> float:
+        """When the job is (or was) due to run."""
+        return self._rec().run_at
+
+    @property
+    def started_at(self) -> float | None:
+        """When the latest attempt started."""
+        return self._rec().started_at
+
+    @property
+    def finished_at(self) -> float | None:
+        """When the job completed or was dead-lettered."""
+        return self._rec().finished_at
+
+    @property
+    def result_bytes(self) -> bytes | None:
+        """The stored result as JSON bytes (use :meth:`result` for the decoded value)."""
+        return self._rec().result
+
+    @property
     def percent(self) -> float:
         """Progress, 0-100, as last reported with :meth:`progress`."""
         return self._rec().progress

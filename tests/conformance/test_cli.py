@@ -51,7 +51,7 @@ def test_status_jobs_and_dlq_show(runner: CliRunner, engine_url: str) -> None:
     assert "attempt 1" in shown and "attempt 2" in shown
     assert "LookupError: report 3 has no data" in shown
     assert "Traceback" in shown
-    doc = json.loads(_ok(runner, "job", "reports", job_id, "--json"))
+    doc = json.loads(_ok(runner, "job", job_id, "--json"))
     assert doc["state"] == "dead" and len(doc["failures"]) == 2
     assert job_id in _ok(runner, "jobs", "reports", "--state", "dead")
 
@@ -59,7 +59,7 @@ def test_status_jobs_and_dlq_show(runner: CliRunner, engine_url: str) -> None:
 def test_dlq_redrive_and_purge(runner: CliRunner, engine_url: str) -> None:
     job_id = asyncio.run(_dead_job(engine_url))
     assert "redrove 1 job(s)" in _ok(runner, "dlq", "redrive", "reports", job_id)
-    doc = json.loads(_ok(runner, "job", "reports", job_id, "--json"))
+    doc = json.loads(_ok(runner, "job", job_id, "--json"))
     assert doc["state"] == "queued"
     other = asyncio.run(_dead_job(engine_url))
     refused = runner.invoke(cli, ["dlq", "purge", "reports"])
