@@ -9,6 +9,7 @@ together by a "go" on stdin, watched through their recorder files and stopped wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -112,10 +113,8 @@ class RedisServer:
         """Stop the server (SHUTDOWN NOSAVE; terminate if that fails)."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.client().shutdown(nosave=True)
-        except redis.RedisError:
-            pass
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -237,10 +236,8 @@ class Worker:
         """SIGTERM the process group; SIGKILL after the grace period. True if it stopped."""
         clean = True
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.proc.wait(STOP_GRACE)
             except subprocess.TimeoutExpired:
@@ -248,10 +245,8 @@ class Worker:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         else:
-            try:  # children it may have left behind
+            with contextlib.suppress(ProcessLookupError):  # children it may have left behind
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()
