@@ -1,0 +1,84 @@
+"""A producer process: enqueues ``chaos.work`` jobs and logs every call's outcome.
+
+``python -m chaos.producer --first 0 --count 1000 --seed 7 --rate 200``. Each batch is logged
+as ``try`` before the call and ``ok`` / ``failed`` / ``unknown`` after it: ``unknown`` when the
+call raised in a way that leaves it open whether the jobs were stored (a lost connection, a
+timeout). Unknown batches are retried with the same job ids, which enqueue treats as the
+same jobs, so a retry can never duplicate work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+
+import conveyor
+from chaos import tasks
+from chaos.truth import TruthLog
+
+#: Retries of a batch whose outcome is unknown before the producer gives up on it.
+MAX_TRIES = 20
+RETRY_PAUSE = 0.2
+
+
+def job_id(n: int) -> str:
+    """The id of job number ``n`` (the checker and producers agree on it)."""
+    return f"w-{n:06d}"
+
+
+async def produce(
+    first: int, count: int, seed: int, rate: float, batch: int, kill_fraction: float
+) -> None:
+    """Enqueue jobs ``first .. first+count-1`` at about ``rate`` jobs a second."""
+    log = TruthLog(tasks.DIRECTORY, "producer")
+    rng = random.Random(seed)
+    started = time.monotonic()
+    done = 0
+    points = ("after_end", "after_start")
+    try:
+        for start in range(first, first + count, batch):
+            numbers = range(start, min(start + batch, first + count))
+            items = []
+            for n in numbers:
+                kill = rng.choice(points) if rng.random() < kill_fraction else ""
+                work = tasks.Work(ms=rng.uniform(2, 40), kill=kill)  # type: ignore[arg-type]
+                items.append(conveyor.Enqueue(work, job_id=job_id(n)))
+            ids = [job_id(n) for n in numbers]
+            for _ in range(MAX_TRIES):
+                log.write("try", ids=ids)
+                try:
+                    await tasks.work.enqueue_many(items)
+                except (conveyor.PayloadInvalid, conveyor.ConfigurationError) as exc:
+                    log.write("failed", ids=ids, error=repr(exc)[:300])
+                    break
+                except Exception as exc:
+                    log.write("unknown", ids=ids, error=repr(exc)[:300])
+                    await asyncio.sleep(RETRY_PAUSE)
+                    continue
+                log.write("ok", ids=ids)
+                break
+            done += len(ids)
+            ahead = done / rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    finally:
+        await tasks.app.close()
+
+
+def main() -> None:
+    """Parse arguments and produce."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=200.0, help="jobs per second")
+    parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--kill-fraction", type=float, default=0.0)
+    a = parser.parse_args()
+    asyncio.run(produce(a.first, a.count, a.seed, a.rate, a.batch, a.kill_fraction))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The scenario registry: names, engines, sizes, and the promise each run must keep."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chaos import crashes
+from chaos.targets import Target, sqlite_target
+
+ENGINES = ("sqlite", "redis")
+Runner = Callable[[Target, Path, int, bool], Awaitable[dict[str, Any]]]
+Verdict = Callable[[dict[str, Any]], list[str]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A runnable scenario and the checks its result must pass."""
+
+    run: Runner
+    verdict: Verdict
+    engines: tuple[str, ...] = ENGINES
+
+
+def _no_loss(r: dict[str, Any]) -> list[str]:
+    problems = []
+    for key in ("lost", "unexpected", "runs_after_ack", "lease_overlaps", "double_claims",
+                "phantom_completions", "worker_crashes", "unrecovered"):  # fmt: skip
+        if r.get(key):
+            problems.append(f"{key}={r[key]}")
+    if not r.get("settled", True):
+        problems.append("did not settle in time")
+    return problems
+
+
+def _crash_verdict(r: dict[str, Any]) -> list[str]:
+    problems = _no_loss(r)
+    if r["duplicate_runs"] > r["in_flight_at_kills"]:
+        problems.append(f"duplicates {r['duplicate_runs']} > in flight {r['in_flight_at_kills']}")
+    if r["recovery_max"] is not None and r["recovery_max"] > r["recovery_bound"]:
+        problems.append(f"recovery_max {r['recovery_max']} > bound {r['recovery_bound']}")
+    if r["dead_lettered"]:
+        problems.append(f"dead_lettered={r['dead_lettered']}")
+    if r.get("integrity_failures"):
+        problems.append(f"integrity_failures={r['integrity_failures']}")
+    return problems
+
+
+def _drain_verdict(r: dict[str, Any]) -> list[str]:
+    problems = _no_loss(r)
+    if r["duplicate_runs"]:
+        problems.append(f"duplicate_runs={r['duplicate_runs']}")
+    if r["exit_nonzero"]:
+        problems.append(f"exit_nonzero={r['exit_nonzero']}")
+    return problems
+
+
+async def _crashes(target: Target, d: Path, seed: int, full: bool) -> dict[str, Any]:
+    size = crashes.CRASH_FULL if full else crashes.CRASH_CI
+    return await crashes.crash_run(target, d, seed, size, scenario="crashes")
+
+
+async def _sqlite_procs(target: Target, d: Path, seed: int, full: bool) -> dict[str, Any]:
+    size = crashes.SQLITE_FULL if full else crashes.SQLITE_CI
+    return await crashes.crash_run(
+        target, d, seed, size, scenario="sqlite-procs", kill_producers=True
+    )
+
+
+async def _drain(target: Target, d: Path, seed: int, full: bool) -> dict[str, Any]:
+    size = crashes.DRAIN_FULL if full else crashes.DRAIN_CI
+    return await crashes.drain_run(target, d, seed, size)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "crashes": Scenario(_crashes, _crash_verdict),
+    "drain": Scenario(_drain, _drain_verdict),
+    "sqlite-procs": Scenario(_sqlite_procs, _crash_verdict, engines=("sqlite",)),
+}
+
+
+async def run_scenario(name: str, engine: str, seed: int, full: bool, base: Path) -> dict[str, Any]:
+    """Run one scenario on one engine in a fresh directory; the checker's result plus
+    ``ok``, ``problems`` and ``seconds``."""
+    directory = base / f"{name}-{engine}-{seed}"
+    directory.mkdir(parents=True, exist_ok=True)
+    scenario = SCENARIOS[name]
+    started = time.monotonic()
+    if engine == "sqlite":
+        result = await scenario.run(sqlite_target(directory), directory, seed, full)
+    else:
+        from chaos import redis_faults
+
+        async with redis_faults.target(directory) as target:
+            result = await scenario.run(target, directory, seed, full)
+    problems = scenario.verdict(result)
+    result["size"] = "full" if full else "ci"
+    result["seconds"] = round(time.monotonic() - started, 1)
+    result["ok"] = not problems
+    result["problems"] = problems
+    return result
