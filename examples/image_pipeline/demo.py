@@ -100,6 +100,7 @@ class Summary:
     total: int
     processed: int
     recovered: list[str]
+    retried_jobs: int
     retries: int
     dead: list[tuple[str, str, int]]  # (job id, error type, attempts)
     failed_rows: int
@@ -322,6 +323,12 @@ def _describe_plan(
         f"Workers: {options.workers} x concurrency {options.concurrency} {where}. "
         f"Policy: {policy.retries} retries, backoff {delays}{scale}, timeout {policy.timeout:g} s."
     )
+    if any(s.fault == "corrupt" for s in samples) and options.time_scale >= 0.1:
+        total = sum(policy.delays) * options.time_scale
+        console.print(
+            f"[yellow]The corrupt image reaches the dead-letter queue after {total / 60:.0f} min "
+            "of backoff; --fast shows the same schedule in seconds.[/yellow]"
+        )
     for s in samples:
         if s.fault == "flaky":
             console.print(
@@ -468,6 +475,7 @@ async def _summarize(pipeline: Pipeline, snapshot: Snapshot, total: int, seconds
         total=total,
         processed=len(processed),
         recovered=sorted(r.id for r in completed if r.failures),
+        retried_jobs=sum(1 for r in every if any(a.retry_at is not None for a in r.failures)),
         retries=sum(1 for r in every for a in r.failures if a.retry_at is not None),
         dead=[
             (r.id, r.failures[-1].error_type.rsplit(".", 1)[-1] if r.failures else "?", r.attempts)
@@ -495,7 +503,11 @@ def print_summary(
         else ""
     )
     table.add_row("processed", f"{summary.processed} of {summary.total} images{recovered}")
-    table.add_row("retried", f"{summary.retries} retries, each after its backoff delay")
+    table.add_row(
+        "retried",
+        f"{summary.retried_jobs} job(s), {summary.retries} retries in all, "
+        "each after its backoff delay",
+    )
     dead = ", ".join(f"{i} ({err} after {n} attempts)" for i, err, n in summary.dead)
     table.add_row("dead-lettered", f"{len(summary.dead)}" + (f": {dead}" if dead else ""))
     table.add_row(
@@ -503,6 +515,13 @@ def print_summary(
         f"{summary.failed_rows} row(s) in {workdir / 'app.db'}; "
         f"{summary.alerts} alert(s) in {workdir / ALERTS_FILE}",
     )
+    if summary.alerts < len(summary.dead):
+        window = pipeline.app.alerts.dedup_window
+        table.add_row(
+            "",
+            f"(dead letters with the same error within {window:g} s fold into one alert, "
+            "plus a summary alert with the count when the window closes)",
+        )
     saved = summary.original_bytes - summary.processed_bytes
     share = 100 * saved / summary.original_bytes if summary.original_bytes else 0.0
     table.add_row(

@@ -77,7 +77,7 @@ def decode(data: bytes, name: str) -> Image.Image:
             source_format = (opened.format or "").lower()
             image = ImageOps.exif_transpose(opened)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise CorruptImage(f"{name} cannot be decoded: {exc} ({len(data):,} bytes)") from exc
+        raise CorruptImage(f"{name} cannot be decoded: {exc}") from exc
     image.format = source_format.upper() or None
     return image
 

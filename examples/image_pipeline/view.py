@@ -8,7 +8,6 @@ the demo's process or in ``conveyor worker`` processes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,12 +67,14 @@ class Watcher:
     async def poll(self) -> tuple[Snapshot, list[Text]]:
         """Read the queue, ``failed_jobs`` and the alerts; return the snapshot and new events."""
         engine = await self.app.engine()
+        # Counts come from one statement, so they always add up; the job lists below are
+        # read one state after another and may overlap by a job that moved in between.
+        stats = {s.queue: s.counts for s in await self.app.stats()}
+        counts = stats.get(self.queue) or {s: 0 for s in conveyor.State}
         by_state: dict[conveyor.State, list[JobRecord]] = {}
         for state in conveyor.State:
             by_state[state] = await engine.list_jobs(self.queue, state, limit=self.total + 100)
-        snapshot = Snapshot(
-            {s: len(r) for s, r in by_state.items()}, by_state, self.app.clock.now()
-        )
+        snapshot = Snapshot(counts, by_state, self.app.clock.now())
         events = self._job_events(snapshot)
         rows = await asyncio.to_thread(self.db.failed_jobs)
         for row in rows[self._seen_rows :]:
@@ -200,8 +201,3 @@ def _real(seconds: float, time_scale: float) -> str:
     else:
         text = f"{real / 3600:.1f} h"
     return f" ({text} at real time)"
-
-
-def failed_ids(snapshot: Snapshot) -> Sequence[str]:
-    """Ids of the dead jobs, oldest death first."""
-    return [r.id for r in reversed(snapshot.by_state[conveyor.State.DEAD])]
