@@ -161,6 +161,9 @@ class Worker:
             else:
                 log.warning("worker %s: second signal, releasing running jobs now", self.id)
                 self.grace_period = 0
+                # The drain may already be waiting with the old grace period: cut it short.
+                for entry in list(self._running.values()):
+                    entry.task.cancel()  # each releases its job in its own handler
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
