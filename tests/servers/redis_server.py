@@ -9,8 +9,10 @@ and :func:`start_cluster`. A missing ``redis-server`` fails the run: it never sk
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, wait_for_port
+from tests.servers import free_port
 
 #: Throwaway persistence settings for conformance runs: nothing written to disk.
 EPHEMERAL = ("--save", "", "--appendonly", "no")
@@ -65,13 +67,14 @@ class RedisServer:
             *self.args,
         ]
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_for_port(self.port, timeout=20)
-        except RuntimeError:
-            self.kill()
-            log = self.directory / "redis.log"
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise RuntimeError(f"redis-server did not start on port {self.port}:\n{tail}") from None
+        deadline = time.monotonic() + 20
+        while not _accepts(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                log = self.directory / "redis.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{tail}")
+            time.sleep(0.02)
         return self
 
     def kill(self) -> None:
@@ -102,13 +105,40 @@ class RedisServer:
         return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
 
 
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def cluster_port() -> int:
+    """A free port for a cluster node: at most 55535, with its cluster-bus port (+10000)
+    free as well, as redis-server requires."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("found no free pair of ports for a Redis Cluster node")
+
+
 def start_cluster(directory: Path, nodes: int = 3) -> list[RedisServer]:
     """Start ``nodes`` cluster-enabled servers and join them (no replicas) into one cluster
     covering every slot; returns once the cluster answers ``cluster_state:ok``."""
     servers: list[RedisServer] = []
     try:
         for i in range(nodes):
-            port = free_port()
+            port = cluster_port()
             args = [
                 *EPHEMERAL,
                 "--cluster-enabled",

@@ -55,7 +55,7 @@ log = logging.getLogger("conveyor.engines.redis")
 BATCH_PER_CALL = 500
 #: redis-py retries a command this often after a dropped connection, backing off from
 #: RETRY_BASE to RETRY_CAP seconds, before the error reaches the caller (who retries too).
-RETRIES = 5
+RETRIES = 3
 RETRY_BASE = 0.05
 RETRY_CAP = 1.0
 #: A blocking wait that has not returned this long after its deadline means a dead link.
@@ -116,6 +116,7 @@ class RedisEngine:
         self._client: Client | None = None
         self._blocking: Client | None = None
         self._runner: ScriptRunner | None = None
+        self._blocking_runner: ScriptRunner | None = None
         self._keys: dict[str, QueueKeys] = {}
         self._known_queues: set[str] = set()
         self._next_first_queue = 0
@@ -140,6 +141,9 @@ class RedisEngine:
         }
         if blocking:
             # BLPOP may wait longer than any sensible command timeout; wait() bounds it.
+            # Without a socket timeout redis-py also sends without asyncio.wait_for, which
+            # on Python 3.11 can swallow a cancellation: a worker told to stop would then
+            # sit out its whole idle wait.
             kwargs["socket_timeout"] = None
         if self.options.cluster:
             return RedisCluster.from_url(self.options.redis_url, **kwargs)
@@ -187,6 +191,7 @@ class RedisEngine:
                 ) from exc
             raise
         self._client, self._blocking, self._runner = client, blocking, runner
+        self._blocking_runner = ScriptRunner(blocking)
 
     async def _check_eviction_policy(self, client: Client) -> None:
         """Refuse a server that may evict keys: an evicted key is a silently lost job."""
@@ -220,7 +225,7 @@ class RedisEngine:
     async def close(self) -> None:
         """Close both connection pools."""
         client, blocking = self._client, self._blocking
-        self._client = self._blocking = self._runner = None
+        self._client = self._blocking = self._runner = self._blocking_runner = None
         for c in (client, blocking):
             if c is not None:
                 await c.aclose()
@@ -300,13 +305,17 @@ class RedisEngine:
         if not queues:
             await asyncio.sleep(timeout)
             return
+        runner = self._blocking_runner
+        if runner is None:
+            raise RuntimeError("RedisEngine used before connect()")
         keys = [self._k(q) for q in queues]
         bound = timeout
         try:
             script = self._scripts["next_due"]
             calls: list[Call] = [(script, (k.ready, k.sched, k.active, k.paused), ()) for k in keys]
             now = self.clock.now()
-            for due in await self._run.run_many(calls):
+            # On the blocking connection too, so that the whole wait can be cancelled.
+            for due in await runner.run_many(calls):
                 if due is not None:
                     bound = min(bound, float(due) - now)
             if bound < MIN_BLOCK:
