@@ -14,7 +14,11 @@ from image_pipeline.models import OutputFormat
 
 QUEUE = "image-processing"
 TASK_NAME = "image_pipeline.process_image"
+#: The app as worker processes and the CLI name it (``--app``).
+WORKER_APP = "image_pipeline.worker:app"
 DEFAULT_DIR = "conveyor-demo"
+#: Where worker processes append their alerts, in the working directory (JSON lines).
+ALERTS_FILE = "alerts.jsonl"
 #: ``--fast`` in the demo: one minute of backoff takes 0.3 s (1 min -> 5 min -> 30 min becomes
 #: 0.3 s -> 1.5 s -> 9 s), so every retry of the seed's schedule fits in a short demo.
 FAST_TIME_SCALE = 1 / 200

@@ -32,6 +32,8 @@ STATE_STYLES: dict[conveyor.State, str] = {
 #: Rows of running jobs and of jobs waiting for a retry shown at most.
 MAX_ROWS = 10
 BAR_WIDTH = 24
+#: Error messages in event lines are cut to this many characters (`conveyor dlq show` has all).
+MESSAGE_WIDTH = 100
 
 
 @dataclass
@@ -119,18 +121,20 @@ class Watcher:
         return events
 
     def _attempt_event(self, record: JobRecord, attempt: conveyor.Attempt) -> Text:
-        head = Text.assemble(
-            (f"{record.id:<8}", "bold"),
-            f"  attempt {attempt.number}/{self.max_attempts} failed: ",
-            (attempt.error_type.rsplit(".", 1)[-1], "bold"),
-            f": {_shorten(attempt.message, 60)}",
+        event = Text.assemble(
+            (f"{record.id:<8}", "bold"), f"  attempt {attempt.number}/{self.max_attempts} failed"
         )
         if attempt.retry_at is not None and attempt.ended_at is not None:
             delay = attempt.retry_at - attempt.ended_at
-            head.append(f" -> retry in {delay:.2f}s{_real(delay, self.time_scale)}", style="yellow")
+            event.append(
+                f" -> retry in {delay:.2f}s{_real(delay, self.time_scale)}", style="yellow"
+            )
         else:
-            head.append(" -> dead-letter queue", style="bold red")
-        return head
+            event.append(" -> dead-letter queue", style="bold red")
+        event.append(": ")
+        event.append(attempt.error_type.rsplit(".", 1)[-1], style="bold")
+        event.append(f": {_shorten(attempt.message, MESSAGE_WIDTH)}", style="dim")
+        return event
 
 
 def render(
@@ -194,7 +198,7 @@ def _real(seconds: float, time_scale: float) -> str:
     if time_scale == 1:
         return ""
     real = seconds / time_scale
-    if real < 60:
+    if real < 59.5:
         text = f"{real:.0f} s"
     elif real < 5400:
         text = f"{real / 60:.0f} min"

@@ -14,13 +14,11 @@ on first use.
 from __future__ import annotations
 
 import conveyor
-from image_pipeline.config import PipelineConfig, Settings
+from image_pipeline.config import ALERTS_FILE, PipelineConfig, Settings
 from image_pipeline.faults import FaultPlan
 from image_pipeline.pipeline import Pipeline, build_pipeline
 from image_pipeline.sinks import JsonLinesSink
 from image_pipeline.storage import storage_from_url
-
-ALERTS_FILE = "alerts.jsonl"
 
 
 def from_settings(settings: Settings) -> Pipeline:

@@ -30,7 +30,8 @@ from image_pipeline import (
     Settings,
     build_pipeline,
 )
-from image_pipeline.demo import MARKER, demo
+from image_pipeline.demo import demo
+from image_pipeline.demo_run import MARKER
 from image_pipeline.faults import FaultPlan
 from image_pipeline.imaging import check_formats
 from image_pipeline.repair import repair_original
