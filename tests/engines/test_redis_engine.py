@@ -236,6 +236,22 @@ async def test_delete_skips_active_jobs_and_trim_keeps_the_newest(
     assert stats.counts[State.SCHEDULED] == 0
 
 
+async def test_trim_works_off_a_backlog_in_bounded_batches(
+    engine: RedisEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("conveyor.engines.redis.engine.TRIM_BATCH", 2)
+    await engine.enqueue([job(f"j{i}") for i in range(5)])
+    leased = await engine.reserve(["q"], 5, 30, "w")
+    assert await engine.settle([Complete(r.lease, b"ok") for r in leased]) == [True] * 5
+    assert [await engine.trim("q", "task", keep=0, older_than=None) for _ in range(4)] == [
+        2,
+        2,
+        1,
+        0,
+    ]
+    assert await engine.list_jobs("q", State.COMPLETED) == []
+
+
 async def test_wake_tokens_are_bounded_and_dropped_once_nothing_is_due(
     engine: RedisEngine,
 ) -> None:
@@ -454,6 +470,11 @@ async def test_cluster_runs_jobs_in_queues_on_different_nodes(tmp_path: Path) ->
         assert counts.completed == 2 and counts.dead == 2 and counts.retried == 2
         assert await handles[2].result(timeout=5) == 2
         await app.close()
+
+        # One evicting primary is enough to refuse the cluster.
+        nodes[1].cli("CONFIG", "SET", "maxmemory-policy", "volatile-lru")
+        with pytest.raises(conveyor.ConfigurationError, match="volatile-lru"):
+            await RedisEngine.from_url(url, clock).connect()
     finally:
         for node in nodes:
             node.stop()

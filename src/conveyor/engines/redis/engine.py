@@ -53,6 +53,9 @@ log = logging.getLogger("conveyor.engines.redis")
 #: Jobs per script call when enqueuing or settling many: one call blocks the server while it
 #: runs, so huge batches are cut into pieces (sent together in one pipeline).
 BATCH_PER_CALL = 500
+#: Completed jobs deleted per retention rule per trim call (the worker trims every few
+#: seconds, so a backlog shrinks by this much each round without blocking the server long).
+TRIM_BATCH = 10_000
 #: redis-py retries a command this often after a dropped connection, backing off from
 #: RETRY_BASE to RETRY_CAP seconds, before the error reaches the caller (who retries too).
 RETRIES = 3
@@ -213,6 +216,12 @@ class RedisEngine:
                 exc,
             )
             return
+        if not policies:
+            log.warning(
+                "Redis at %s did not report its maxmemory-policy; make sure it is "
+                "'noeviction', or jobs may be evicted when memory runs out",
+                self.options.safe_url,
+            )
         bad = sorted(p for p in policies if p != "noeviction")
         if bad:
             raise ConfigurationError(
@@ -480,6 +489,7 @@ class RedisEngine:
             task,
             "" if keep is None else max(keep, 0),
             "" if older_than is None else older_than,
+            TRIM_BATCH,
         )
         return int(await self._run.run(self._scripts["trim"], keys, args))
 
