@@ -20,7 +20,7 @@ from image_pipeline import imaging
 from image_pipeline.config import TASK_NAME, PipelineConfig, sqlite_url
 from image_pipeline.db import Database, Image
 from image_pipeline.faults import FaultPlan, FlakyStorage
-from image_pipeline.models import ImageProcessJob, Resize
+from image_pipeline.models import Convert, ImageProcessJob, Resize
 from image_pipeline.storage import LocalStorage, Storage, check_key
 
 
@@ -103,7 +103,8 @@ def build_pipeline(
     app = conveyor.App(url or sqlite_url(workdir / "conveyor.db"), alerts=alerts)
     storage = storage if storage is not None else LocalStorage(workdir / "storage")
     db = Database(db_url or sqlite_url(workdir / "app.db"))
-    downloads: Storage = FlakyStorage(storage, faults) if faults else storage
+    # The storage as the task sees it: with the demo's injected faults, when there are some.
+    objects: Storage = FlakyStorage(storage, faults) if faults else storage
     policy = config.retry
 
     @app.task(
@@ -122,22 +123,23 @@ def build_pipeline(
         the upload and the update overwrite, so a second run leaves the same state.
         """
         request = job.payload
+        unwritable = {op.format for op in request.operations if isinstance(op, Convert)}
+        if unwritable - set(config.formats):
+            raise conveyor.Unrecoverable(
+                f"this deployment does not write {', '.join(sorted(unwritable))} "
+                f"(PipelineConfig.formats = {', '.join(config.formats)}); retrying cannot help"
+            )
         await job.progress(0)
         image = await asyncio.to_thread(db.get_image, request.image_id)
         if image is None:
             raise ImageNotFound(f"image {request.image_id!r} is not in the app database")
-        original = await asyncio.to_thread(downloads.get, image.original_key)
+        original = await asyncio.to_thread(objects.get, image.original_key)
         picture = await asyncio.to_thread(imaging.decode, original, image.original_key)
         await job.log(
             f"downloaded {image.original_key}: {len(original):,} bytes, "
             f"{picture.width}x{picture.height} {picture.format}"
         )
         fmt = imaging.target_format(request.operations, imaging.source_format(picture))
-        if fmt != "png" and fmt not in config.formats:
-            raise conveyor.Unrecoverable(
-                f"this deployment does not write {fmt} (PipelineConfig.formats = "
-                f"{', '.join(config.formats)}); retrying cannot help"
-            )
 
         steps = len(request.operations)
         for index, op in enumerate(request.operations):
@@ -155,7 +157,7 @@ def build_pipeline(
         await job.progress(80)
 
         key = f"processed/{request.image_id}.{encoded.extension}"
-        await asyncio.to_thread(downloads.put, key, encoded.data, imaging.CONTENT_TYPES[fmt])
+        await asyncio.to_thread(objects.put, key, encoded.data, imaging.CONTENT_TYPES[fmt])
         size = len(encoded.data)
         await asyncio.to_thread(db.mark_processed, request.image_id, job.queue, job.id, key, size)
         await job.log(f"uploaded {key}: {size:,} bytes")
