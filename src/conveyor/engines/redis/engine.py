@@ -30,22 +30,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.clock import Clock
 from conveyor.engines.redis import options as url_options
+from conveyor.engines.redis import wire
 from conveyor.engines.redis.keys import QueueKeys, queues_key
 from conveyor.engines.redis.scripts import Call, Client, ScriptRunner, scripts
 from conveyor.errors import ConfigurationError, EngineUnavailable
 from conveyor.records import (
-    Complete,
-    DeadLetter,
     JobRecord,
     Lease,
     NewJob,
     QueueStats,
-    Release,
-    Retry,
     Settlement,
     State,
-    load_failures,
-    load_logs,
 )
 
 log = logging.getLogger("conveyor.engines.redis")
@@ -68,12 +63,6 @@ MIN_BLOCK = 0.001
 #: Pause after a failed wait, so an outage does not become a busy loop.
 WAIT_ERROR_PAUSE = 0.5
 
-_STATES = {
-    b"queued": State.QUEUED,
-    b"active": State.ACTIVE,
-    b"completed": State.COMPLETED,
-    b"dead": State.DEAD,
-}
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ClusterError, RedisClusterException)
 
 P = ParamSpec("P")
@@ -296,7 +285,7 @@ class RedisEngine:
             flat = [key for k in keys for key in k.reserve]
             token = os.urandom(9).hex() + "."
             rows = await self._run.run(script, flat, (now, expires, limit, worker, token, batch))
-            return [_record(keys[row[19] - 1].queue, row, now) for row in rows]
+            return [wire.record(keys[row[19] - 1].queue, row, now) for row in rows]
         first = self._next_first_queue % len(keys)
         self._next_first_queue += 1
         records: list[JobRecord] = []
@@ -304,7 +293,7 @@ class RedisEngine:
             token = os.urandom(9).hex() + "."
             args = (now, expires, limit - len(records), worker, token, batch)
             rows = await self._run.run(script, k.reserve, args)
-            records += [_record(k.queue, row, now) for row in rows]
+            records += [wire.record(k.queue, row, now) for row in rows]
             if len(records) >= limit:
                 break
         return records
@@ -365,7 +354,7 @@ class RedisEngine:
         script = self._scripts["extend"]
         calls: list[Call] = []
         spans = []
-        for queue, indexes in _by_queue(leases).items():
+        for queue, indexes in wire.by_queue(leases).items():
             k = self._k(queue)
             args: list[Any] = [expires]
             for i in indexes:
@@ -385,13 +374,13 @@ class RedisEngine:
         calls: list[Call] = []
         spans = []
         leases = [s.lease for s in settlements]
-        for queue, indexes in _by_queue(leases).items():
+        for queue, indexes in wire.by_queue(leases).items():
             keys = self._k(queue).settle
             for start in range(0, len(indexes), BATCH_PER_CALL):
                 span = indexes[start : start + BATCH_PER_CALL]
                 args: list[Any] = [now, call]
                 for i in span:
-                    args += _settle_args(settlements[i])
+                    args += wire.settle_args(settlements[i])
                 calls.append((script, keys, args))
                 spans.append(span)
         return self._scatter(len(settlements), spans, await self._run.run_many(calls))
@@ -420,7 +409,7 @@ class RedisEngine:
         now = self.clock.now()
         k = self._k(queue)
         row = await self._run.run(self._scripts["get"], (k.jobs, k.fail, k.logs), (job_id,))
-        return None if row is None else _record(queue, row, now)
+        return None if row is None else wire.record(queue, row, now)
 
     @_unavailable
     async def list_jobs(
@@ -433,7 +422,7 @@ class RedisEngine:
         now = self.clock.now()
         args = (state.value, now, limit, max(offset, 0), self.options.promote_batch)
         rows = await self._run.run(self._scripts["list"], self._k(queue).listing, args)
-        return [_record(queue, row, now) for row in rows]
+        return [wire.record(queue, row, now) for row in rows]
 
     @_unavailable
     async def stats(self) -> list[QueueStats]:
@@ -450,7 +439,7 @@ class RedisEngine:
             calls.append((script, (k.ready, k.sched, k.active, k.done, k.dead, k.paused), (now,)))
         out = []
         for name, reply in zip(names, await self._run.run_many(calls), strict=True):
-            counts = dict(zip(_STAT_ORDER, reply[:5], strict=True))
+            counts = dict(zip(wire.STAT_ORDER, reply[:5], strict=True))
             paused = reply[5] == 1
             if not paused and not any(counts.values()):
                 continue  # like the SQLite engine: a queue shows while it has jobs
@@ -500,68 +489,6 @@ class RedisEngine:
         k = self._k(queue)
         keys = (k.paused, k.ready, k.wake)
         await self._run.run(self._scripts["pause"], keys, ("1" if paused else "0",))
-
-
-_STAT_ORDER = (State.QUEUED, State.SCHEDULED, State.ACTIVE, State.COMPLETED, State.DEAD)
-
-
-def _by_queue(leases: Sequence[Lease]) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = {}
-    for i, lease in enumerate(leases):
-        groups.setdefault(lease.queue, []).append(i)
-    return groups
-
-
-def _settle_args(s: Settlement) -> tuple[Any, ...]:
-    """The five ARGV entries of one settlement in settle.lua."""
-    lease = s.lease
-    if isinstance(s, Complete):
-        if not s.keep:
-            return ("f", lease.job_id, lease.token, "", "")
-        if s.result is None:
-            return ("n", lease.job_id, lease.token, "", "")
-        return ("c", lease.job_id, lease.token, s.result, "")
-    if isinstance(s, Retry):
-        return ("r", lease.job_id, lease.token, s.run_at, json.dumps(s.attempt.to_dict()))
-    if isinstance(s, DeadLetter):
-        return ("d", lease.job_id, lease.token, "", json.dumps(s.attempt.to_dict()))
-    if isinstance(s, Release):
-        return ("l", lease.job_id, lease.token, "", "")
-    raise TypeError(f"not a settlement: {s!r}")
-
-
-def _record(queue: str, row: list[Any], now: float) -> JobRecord:
-    """Build a record from a script's job row (layout: job_row in _lib.lua)."""
-    run_at = float(row[5])
-    state = _STATES[row[3]]
-    if state is State.QUEUED and run_at > now:
-        state = State.SCHEDULED
-    raw_options = row[8]
-    options: dict[str, Any] = {} if raw_options == b"{}" else json.loads(raw_options)
-    if row[9]:
-        options["redriven"] = row[9]
-    started, finished, token, expires = row[10], row[11], row[14], row[15]
-    return JobRecord(
-        queue,
-        row[0].decode(),
-        row[1].decode(),
-        row[2],
-        state,
-        row[4],
-        run_at,
-        float(row[6]),
-        row[7],
-        options,
-        None if started is None else float(started),
-        None if finished is None else float(finished),
-        float(row[12]),
-        row[13],
-        load_failures(row[17]),
-        load_logs(row[18]),
-        None if token is None else token.decode(),
-        None if expires is None else float(expires),
-        row[16].decode(),
-    )
 
 
 def _policies(reply: Any) -> list[str]:

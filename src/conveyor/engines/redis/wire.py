@@ -1,0 +1,91 @@
+"""The wire format between engine.py and the Lua scripts: settlement arguments in, job rows
+out. Kept apart so the engine reads as the Engine protocol and nothing else."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor.records import (
+    Complete,
+    DeadLetter,
+    JobRecord,
+    Lease,
+    Release,
+    Retry,
+    Settlement,
+    State,
+    load_failures,
+    load_logs,
+)
+
+_STATES = {
+    b"queued": State.QUEUED,
+    b"active": State.ACTIVE,
+    b"completed": State.COMPLETED,
+    b"dead": State.DEAD,
+}
+
+#: The order of the counts stats.lua returns.
+STAT_ORDER = (State.QUEUED, State.SCHEDULED, State.ACTIVE, State.COMPLETED, State.DEAD)
+
+
+def by_queue(leases: Sequence[Lease]) -> dict[str, list[int]]:
+    """Indexes of ``leases`` grouped by queue: each queue is one script call."""
+    groups: dict[str, list[int]] = {}
+    for i, lease in enumerate(leases):
+        groups.setdefault(lease.queue, []).append(i)
+    return groups
+
+
+def settle_args(s: Settlement) -> tuple[Any, ...]:
+    """The five ARGV entries of one settlement in settle.lua."""
+    lease = s.lease
+    if isinstance(s, Complete):
+        if not s.keep:
+            return ("f", lease.job_id, lease.token, "", "")
+        if s.result is None:
+            return ("n", lease.job_id, lease.token, "", "")
+        return ("c", lease.job_id, lease.token, s.result, "")
+    if isinstance(s, Retry):
+        return ("r", lease.job_id, lease.token, s.run_at, json.dumps(s.attempt.to_dict()))
+    if isinstance(s, DeadLetter):
+        return ("d", lease.job_id, lease.token, "", json.dumps(s.attempt.to_dict()))
+    if isinstance(s, Release):
+        return ("l", lease.job_id, lease.token, "", "")
+    raise TypeError(f"not a settlement: {s!r}")
+
+
+def record(queue: str, row: list[Any], now: float) -> JobRecord:
+    """Build a record from a script's job row (layout: job_row in _lib.lua)."""
+    run_at = float(row[5])
+    state = _STATES[row[3]]
+    if state is State.QUEUED and run_at > now:
+        state = State.SCHEDULED
+    raw_options = row[8]
+    options: dict[str, Any] = {} if raw_options == b"{}" else json.loads(raw_options)
+    if row[9]:
+        options["redriven"] = row[9]
+    started, finished, token, expires = row[10], row[11], row[14], row[15]
+    return JobRecord(
+        queue,
+        row[0].decode(),
+        row[1].decode(),
+        row[2],
+        state,
+        row[4],
+        run_at,
+        float(row[6]),
+        row[7],
+        options,
+        None if started is None else float(started),
+        None if finished is None else float(finished),
+        float(row[12]),
+        row[13],
+        load_failures(row[17]),
+        load_logs(row[18]),
+        None if token is None else token.decode(),
+        None if expires is None else float(expires),
+        row[16].decode(),
+    )
