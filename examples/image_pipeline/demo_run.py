@@ -241,7 +241,8 @@ def _describe_plan(
     where = "in this process" if options.workers == 1 else f"in {options.workers} processes"
     console.print(
         f"Workers: {options.workers} x concurrency {options.concurrency} {where}. "
-        f"Policy: {policy.retries} retries, backoff {delays}{scale}, timeout {policy.timeout:g} s."
+        f"Policy: {policy.retries} retries ({policy.retries + 1} tries in all), "
+        f"backoff {delays}{scale}, timeout {policy.timeout:g} s."
     )
     if any(s.fault == "corrupt" for s in samples) and options.time_scale >= 0.1:
         total = sum(policy.delays) * options.time_scale
@@ -457,11 +458,14 @@ def print_summary(
     console.print(Text(f"Done in {summary.seconds:.1f} s", style="bold green"))
     console.print(table)
     console.print()
-    for line in cli_commands(workdir, pipeline.queue, [i for i, _, _ in summary.dead]):
+    dead_ids = [i for i, _, _ in summary.dead]
+    for line in cli_commands(workdir, pipeline.queue, dead_ids, summary.recovered):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-def cli_commands(workdir: Path, queue: str, dead_ids: Sequence[str]) -> list[str]:
+def cli_commands(
+    workdir: Path, queue: str, dead_ids: Sequence[str], recovered_ids: Sequence[str] = ()
+) -> list[str]:
     """The commands that inspect this run's queue and redrive its dead-letter queue."""
     app = f"--app {WORKER_APP}"
     lines = []
@@ -471,6 +475,10 @@ def cli_commands(workdir: Path, queue: str, dead_ids: Sequence[str]) -> list[str
             f"export PIPELINE_DIR={shlex.quote(str(workdir))}",
         ]
     lines.append(f"conveyor status {app}")
+    if recovered_ids:
+        lines.append(
+            f"conveyor job {recovered_ids[0]} {app}    # succeeded after retries: its attempts"
+        )
     if not dead_ids:
         return ["Inspect the queue:", *lines]
     first = dead_ids[0]

@@ -496,6 +496,7 @@ def test_the_demo_runs_end_to_end_and_its_printed_commands_work(tmp_path: Path) 
     commands = printed_commands(output)
     assert commands == [
         "conveyor status --app image_pipeline.worker:app",
+        "conveyor job img-002 --app image_pipeline.worker:app",
         "conveyor dlq list image-processing --app image_pipeline.worker:app",
         "conveyor dlq show image-processing img-003 --app image_pipeline.worker:app",
         "python -m image_pipeline.repair img-003",
@@ -518,9 +519,10 @@ def test_the_demo_runs_end_to_end_and_its_printed_commands_work(tmp_path: Path) 
         )
         assert done.returncode == 0, (command, done.stdout, done.stderr)
         outputs.append(done.stdout + done.stderr)
-    assert "img-003" in outputs[1]
-    assert "attempt 4" in outputs[2] and "Traceback" in outputs[2]
-    assert "redrove 1 job(s)" in outputs[4]
+    assert "attempt 2" in outputs[1] and "ConnectionError" in outputs[1]
+    assert "img-003" in outputs[2]
+    assert "attempt 4" in outputs[3] and "Traceback" in outputs[3]
+    assert "redrove 1 job(s)" in outputs[5]
 
     # After the fix and the redrive, the image is processed and its failure resolved.
     check = build_pipeline(directory)
