@@ -56,6 +56,7 @@ class Run:
     start_wall: float
     last_mono: float
     ended: bool = False
+    cancelled: bool = False
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Truth:
     events: list[dict[str, Any]] = field(default_factory=list)
     harness: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    self_kills: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     @property
     def known(self) -> set[str]:
@@ -132,8 +134,11 @@ def load(directory: str | Path) -> Truth:
             t.ends[job] += 1
             if run_or_none is not None:
                 run_or_none.ended = True
+        elif kind == "cancel" and run_or_none is not None:
+            run_or_none.cancelled = True
         elif kind == "kill":
             t.deaths.append(Death(ev["pid"], ev["mono"], ev["wall"]))
+            t.self_kills[ev.get("point", "")] += 1
     return t
 
 
@@ -181,7 +186,7 @@ def check(
     for job, runs in t.runs.items():
         runs.sort(key=lambda r: r.start_mono)
         for r in runs:
-            if r.att > 0:
+            if r.att > 0 and not r.cancelled:  # a released attempt is handed out again
                 claims[(job, r.att, r.round)] += 1
         for a, b in itertools.pairwise(runs):
             end = a.last_mono
@@ -238,6 +243,10 @@ def check(
         "dlq_precision": ratio(len(dead & expected), len(dead)),
         "dlq_recall": ratio(len(dead & expected), len(expected)),
         "kills": len(t.deaths),
+        "kills_by_point": {
+            "random": sum(1 for e in t.harness if e["ev"] == "kill" and e["sig"] == "SIGKILL"),
+            **dict(sorted(t.self_kills.items())),
+        },
         "in_flight_at_kills": in_flight,
         "unrecovered": unrecovered,
         "recovery_p50": None if p50 is None else round(p50, 3),

@@ -17,6 +17,7 @@ from chaos.harness import (
     Fleet,
     Proc,
     all_records,
+    producing,
     start_producer,
     wait_settled,
     worker_crashes,
@@ -40,14 +41,23 @@ class CrashSize:
     kill_fraction: float  # jobs that SIGKILL their own worker at a chosen point
     lease: float = 2.0
     concurrency: int = 6
+    ms_max: float = 40.0  # the longest job
+    batch: int = 10  # jobs per enqueue call
+    commit_kill_odds: float = 0.0  # SQLite: chance per COMMIT that the process dies first
 
 
 CRASH_CI = CrashSize(jobs=1500, kills=6, workers=4, producers=2, rate=150, kill_fraction=0.002)
 CRASH_FULL = CrashSize(
     jobs=20_000, kills=25, workers=4, producers=2, rate=350, kill_fraction=0.0008
 )
-SQLITE_CI = CrashSize(jobs=1500, kills=10, workers=3, producers=3, rate=300, kill_fraction=0.0)
-SQLITE_FULL = CrashSize(jobs=12_000, kills=40, workers=3, producers=3, rate=400, kill_fraction=0.0)
+SQLITE_CI = CrashSize(
+    jobs=3000, kills=8, workers=3, producers=3, rate=300, kill_fraction=0.0, ms_max=5, batch=3,
+    commit_kill_odds=0.002,
+)  # fmt: skip
+SQLITE_FULL = CrashSize(
+    jobs=20_000, kills=40, workers=3, producers=3, rate=300, kill_fraction=0.0, ms_max=5,
+    batch=3, commit_kill_odds=0.001,
+)  # fmt: skip
 
 
 async def crash_run(
@@ -61,47 +71,62 @@ async def crash_run(
 ) -> dict[str, Any]:
     """Run ``size.jobs`` jobs while SIGKILLing workers (and producers) at random moments."""
     rng = random.Random(seed)
-    fleet = Fleet(target.url, directory, [QUEUE], size.lease, concurrency=size.concurrency)
+    odds = {"CHAOS_KILL_BEFORE_COMMIT": str(size.commit_kill_odds)}
+    fleet = Fleet(
+        target.url, directory, [QUEUE], size.lease, concurrency=size.concurrency, env=odds
+    )
     fleet.start(size.workers)
     await fleet.wait_booted(size.workers)
-    per = size.jobs // size.producers
+    duration = size.jobs / size.rate
+    until = time.time() + duration + 2.0  # producers need a moment to start
     next_first = 0
     producers: list[Proc] = []
 
-    def new_producer(count: int) -> None:
+    def new_producer() -> None:
+        """A producer of its own id range, at its share of the rate, until the deadline."""
         nonlocal next_first
         producers.append(
             start_producer(
-                target.url, directory, size.lease, first=next_first, count=count,
-                seed=rng.randrange(1 << 30), rate=size.rate / size.producers,
-                kill_fraction=size.kill_fraction,
+                target.url, directory, size.lease, first=next_first,
+                count=size.jobs // size.producers, seed=rng.randrange(1 << 30),
+                rate=size.rate / size.producers, kill_fraction=size.kill_fraction,
+                ms_max=size.ms_max, batch=size.batch, env=odds, until=until,
             )
         )  # fmt: skip
-        next_first += count
+        next_first += 1_000_000
 
     for _ in range(size.producers):
-        new_producer(per)
-    duration = size.jobs / size.rate
+        new_producer()
     interval = duration / (size.kills + 1)
     integrity: list[str] = []
+    replaced: set[int] = set()
     kills = producer_kills = 0
     started = time.monotonic()
     next_kill = started + interval * rng.uniform(0.5, 1.5)
     while True:
-        fleet.reap()
+        died = fleet.reap()
+        for p in producers:
+            if p.popen.poll() is not None and p.popen.returncode < 0 and p.pid not in replaced:
+                replaced.add(p.pid)  # died before a COMMIT: carry on with new job ids
+                new_producer()
+                died += 1
+        if died and target.sqlite_path is not None:
+            integrity.append(target.integrity())
         running = [p for p in producers if p.popen.poll() is None]
         if kills >= size.kills and not running:
             break
         if time.monotonic() > started + duration * 4 + 60:
             break  # bounded, whatever happens
         if kills < size.kills and time.monotonic() >= next_kill:
-            if kill_producers and running and rng.random() < 0.5:
-                victim = rng.choice(running)
+            busy = producing(directory, running)
+            if kill_producers and busy and rng.random() < 0.5:
+                victim = rng.choice(busy)
                 fleet.log.write("kill", target=victim.pid, sig="SIGKILL", role="producer")
                 victim.popen.send_signal(signal.SIGKILL)
                 victim.popen.wait(10)
                 producer_kills += 1
-                new_producer(per // 2)  # keep the write load up
+                replaced.add(victim.pid)
+                new_producer()  # keep the write load up
             elif fleet.kill_random(rng) is None:
                 await asyncio.sleep(0.05)
                 continue  # every worker is still starting: try again shortly
@@ -130,6 +155,7 @@ async def crash_run(
         extra={
             "settled": settled,
             "producer_kills": producer_kills,
+            "worker_kills": kills - producer_kills,
             "worker_crashes": worker_crashes(fleet.stderr_text()),
             "final_exit_codes_nonzero": sum(1 for c in codes if c != 0),
             "recovery_bound": size.lease + SWEEP_SECONDS + 2.0,
@@ -152,7 +178,7 @@ class DrainSize:
     long_fraction: float = 0.05
 
 
-DRAIN_CI = DrainSize(jobs=400, stops=6)
+DRAIN_CI = DrainSize(jobs=250, stops=6)
 DRAIN_FULL = DrainSize(jobs=4000, stops=40)
 
 
@@ -183,31 +209,48 @@ async def drain_run(target: Target, directory: Path, seed: int, size: DrainSize)
         producer_log.write("ok", ids=ids)
         fleet.start(size.workers)
         await asyncio.sleep(2.0)  # let the workers start and take jobs
-        hurried = 0
-        for _ in range(size.stops):
-            live = fleet.alive()
+        hurried = stops = 0
+        drain_times: list[float] = []
+        hurry_times: list[float] = []
+        while stops < size.stops:
+            live = fleet.booted()  # a worker still importing has no handler yet
             if not live:
-                break
+                fleet.reap()
+                await asyncio.sleep(0.1)
+                continue
+            stops += 1
             victim = rng.choice(live)
             fleet.kill(victim, signal.SIGTERM)
-            if rng.random() < 0.3:
+            signalled = time.monotonic()
+            hurry = rng.random() < 0.3
+            if hurry:
                 await asyncio.sleep(0.3)
                 fleet.kill(victim, signal.SIGTERM)  # a second signal hurries it
                 hurried += 1
+                signalled = time.monotonic()
             deadline = time.monotonic() + size.grace + 15
             while victim.popen.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
+            (hurry_times if hurry else drain_times).append(time.monotonic() - signalled)
             if victim.popen.poll() is None:
                 fleet.kill(victim)  # hung past its grace: a failure the checker will show
                 victim.popen.wait(10)
             fleet.reap()
             await asyncio.sleep(rng.uniform(0.5, 1.5))
         settled = await wait_settled(app, QUEUE, fleet, timeout=120)
-        codes = [code for _, code in fleet.exits]
-        codes += await fleet.stop()
+        await fleet.stop()
         records = await all_records(app, QUEUE)
     finally:
         await app.close()
+    # A second SIGTERM that lands after the worker finished draining (while the interpreter
+    # exits) meets the default handler: exit -15, with every job already settled. Such an
+    # exit is told apart by the missing "second signal" line of a worker that did see it.
+    late = sum(
+        1
+        for pid, code in fleet.exits
+        if code == -signal.SIGTERM
+        and "second signal" not in fleet.err_files[pid].read_text(errors="replace")
+    )
     return checker.check(
         directory,
         records,
@@ -216,10 +259,13 @@ async def drain_run(target: Target, directory: Path, seed: int, size: DrainSize)
         engine=target.engine,
         extra={
             "settled": settled,
-            "sigterms": size.stops,
+            "sigterms": stops,
             "hurried": hurried,
-            "exits": len(codes),
-            "exit_nonzero": sum(1 for c in codes if c != 0),
+            "drain_seconds_max": round(max(drain_times, default=0.0), 3),
+            "hurry_seconds_max": round(max(hurry_times, default=0.0), 3),
+            "exits": len(fleet.exits),
+            "exit_nonzero": sum(1 for _, c in fleet.exits if c != 0) - late,
+            "late_signal_exits": late,
             "worker_crashes": worker_crashes(fleet.stderr_text()),
             "grace": size.grace,
         },

@@ -65,6 +65,7 @@ class Fleet:
     env: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
     exits: list[tuple[int, int]] = field(default_factory=list)
+    err_files: dict[int, Path] = field(default_factory=dict)
     log: TruthLog = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +93,7 @@ class Fleet:
                 self.command(), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err
             )
             self.procs.append(Proc(popen, "worker", err))
+            self.err_files[popen.pid] = Path(err.name)
             self.log.write("spawn", target=popen.pid, role="worker")
 
     def booted(self) -> list[Proc]:
@@ -175,19 +177,35 @@ class Fleet:
 
 def start_producer(
     url: str, directory: Path, lease: float, *, first: int, count: int, seed: int, rate: float,
-    kill_fraction: float = 0.0, batch: int = 10,
+    kill_fraction: float = 0.0, batch: int = 10, ms_max: float = 40.0,
+    env: dict[str, str] | None = None, until: float | None = None,
 ) -> Proc:  # fmt: skip
     """Start one ``chaos.producer`` process."""
     err = (directory / f"producer-{first}.err").open("wb")
     cmd = [
         sys.executable, "-m", "chaos.producer", "--first", str(first), "--count", str(count),
         "--seed", str(seed), "--rate", str(rate), "--batch", str(batch),
-        "--kill-fraction", str(kill_fraction),
+        "--kill-fraction", str(kill_fraction), "--ms-max", str(ms_max),
     ]  # fmt: skip
+    if until is not None:
+        cmd += ["--until", str(until)]
     popen = subprocess.Popen(
-        cmd, env=child_env(url, directory, lease), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err
+        cmd,
+        env=child_env(url, directory, lease, **(env or {})),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
     )
     return Proc(popen, "producer", err)
+
+
+def producing(directory: Path, procs: list[Proc]) -> list[Proc]:
+    """Producers that are alive and have begun enqueueing (their log exists)."""
+    return [
+        p
+        for p in procs
+        if p.popen.poll() is None and (directory / f"producer-{p.pid}.jsonl").exists()
+    ]
 
 
 async def all_records(app: conveyor.App, queue: str) -> dict[str, JobRecord]:

@@ -25,13 +25,21 @@ RETRY_PAUSE = 0.2
 
 def job_id(n: int) -> str:
     """The id of job number ``n`` (the checker and producers agree on it)."""
-    return f"w-{n:06d}"
+    return f"w-{n:08d}"
 
 
 async def produce(
-    first: int, count: int, seed: int, rate: float, batch: int, kill_fraction: float
+    first: int,
+    count: int,
+    seed: int,
+    rate: float,
+    batch: int,
+    kill_fraction: float,
+    ms_max: float = 40.0,
+    until: float | None = None,
 ) -> None:
-    """Enqueue jobs ``first .. first+count-1`` at about ``rate`` jobs a second."""
+    """Enqueue jobs ``first .. first+count-1`` at about ``rate`` jobs a second, stopping
+    early at wall time ``until``."""
     log = TruthLog(tasks.DIRECTORY, "producer")
     rng = random.Random(seed)
     started = time.monotonic()
@@ -39,11 +47,13 @@ async def produce(
     points = ("after_end", "after_start")
     try:
         for start in range(first, first + count, batch):
+            if until is not None and time.time() >= until:
+                break
             numbers = range(start, min(start + batch, first + count))
             items = []
             for n in numbers:
                 kill = rng.choice(points) if rng.random() < kill_fraction else ""
-                work = tasks.Work(ms=rng.uniform(2, 40), kill=kill)  # type: ignore[arg-type]
+                work = tasks.Work(ms=rng.uniform(ms_max / 20, ms_max), kill=kill)  # type: ignore[arg-type]
                 items.append(conveyor.Enqueue(work, job_id=job_id(n)))
             ids = [job_id(n) for n in numbers]
             for _ in range(MAX_TRIES):
@@ -76,8 +86,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="jobs per second")
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--kill-fraction", type=float, default=0.0)
+    parser.add_argument("--ms-max", type=float, default=40.0, help="longest job, in ms")
+    parser.add_argument("--until", type=float, default=None, help="stop at this wall time")
     a = parser.parse_args()
-    asyncio.run(produce(a.first, a.count, a.seed, a.rate, a.batch, a.kill_fraction))
+    asyncio.run(
+        produce(a.first, a.count, a.seed, a.rate, a.batch, a.kill_fraction, a.ms_max, a.until)
+    )
 
 
 if __name__ == "__main__":

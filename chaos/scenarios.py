@@ -55,6 +55,10 @@ def _drain_verdict(r: dict[str, Any]) -> list[str]:
         problems.append(f"duplicate_runs={r['duplicate_runs']}")
     if r["exit_nonzero"]:
         problems.append(f"exit_nonzero={r['exit_nonzero']}")
+    if r["drain_seconds_max"] > r["grace"] + 2.0:
+        problems.append(f"a drain took {r['drain_seconds_max']}s, grace {r['grace']}s")
+    if r["hurry_seconds_max"] > 2.0:
+        problems.append(f"a hurried drain took {r['hurry_seconds_max']}s")
     return problems
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+import sqlite3
 import time
 from typing import Any, Literal
 
@@ -58,6 +60,30 @@ app = conveyor.App(
 
 if os.environ.get("CHAOS_ROLE") == "worker":
     truth.write("boot")
+
+
+def _kill_mid_transaction(odds: float) -> None:
+    """Make this process SIGKILL itself, with ``odds`` per commit, just before a COMMIT of
+    its SQLite connection: the transaction's writes are made but not committed."""
+    connect = sqlite3.connect
+    rng = random.Random()
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db = connect(*args, **kwargs)
+
+        def trace(statement: str) -> None:
+            if statement.startswith("COMMIT") and rng.random() < odds:
+                truth.write("kill", job="", att=0, point="before_commit")
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        db.set_trace_callback(trace)
+        return db
+
+    sqlite3.connect = traced  # type: ignore[assignment]
+
+
+if float(os.environ.get("CHAOS_KILL_BEFORE_COMMIT", "0")) > 0:
+    _kill_mid_transaction(float(os.environ["CHAOS_KILL_BEFORE_COMMIT"]))
 
 
 class Work(BaseModel):
