@@ -21,6 +21,7 @@ from conveyor.engines.redis.keys import QueueKeys
 from conveyor.engines.redis.scripts import scripts
 from conveyor.records import Attempt, Complete, DeadLetter, NewJob, Outcome, Release, Retry, State
 from conveyor.testing import drain
+from tests.servers import free_port
 from tests.servers.redis_server import EPHEMERAL, RedisServer, start_cluster
 
 T0 = 1_700_000_000.0
@@ -383,8 +384,6 @@ async def test_acl_user_without_config_rights_connects_with_a_warning(
 
 
 async def test_unreachable_server_is_a_clear_error_without_the_password() -> None:
-    from tests.servers import free_port
-
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0?socket_connect_timeout=0.5"
     engine = RedisEngine.from_url(url, SystemClock())
     with pytest.raises(conveyor.EngineUnavailable) as info:
