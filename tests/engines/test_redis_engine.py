@@ -421,6 +421,8 @@ async def test_cluster_runs_jobs_in_queues_on_different_nodes(tmp_path: Path) ->
         leased = await engine.reserve(queues, 10, 30, "w")
         assert sorted(r.id for r in leased) == sorted(f"{q}-{i}" for q in queues for i in (1, 2))
         by_id = {r.id: r for r in leased}
+        for node in nodes:  # as after a restart or failover: the pipeline reloads them
+            node.cli("SCRIPT", "FLUSH")
         outcome = await engine.settle(
             [
                 Complete(by_id[f"{a}-1"].lease, b"ok"),
