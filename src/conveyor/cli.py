@@ -550,13 +550,13 @@ def _register_optional() -> None:
     for module, attr in (("image_pipeline.demo", "demo"), ("conveyor.dashboard.cli", "dashboard")):
         try:
             cmd = getattr(importlib.import_module(module), attr)
-        except ImportError as exc:
+        except Exception as exc:  # one broken optional module must not break every command
             cli.add_command(_missing(attr, module, exc))
             continue
         cli.add_command(cmd)
 
 
-def _missing(name: str, module: str, exc: ImportError) -> click.Command:
+def _missing(name: str, module: str, exc: Exception) -> click.Command:
     @click.command(name, help=f"(unavailable: {module} did not import)")
     def unavailable() -> None:
         raise click.ClickException(f"{name} is unavailable: {exc}")

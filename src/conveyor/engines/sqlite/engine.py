@@ -92,17 +92,21 @@ class SQLiteEngine:
         if not path:
             raise ConfigurationError("sqlite URL has no file name, e.g. sqlite:///conveyor.db")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"busy_timeout", "poll_interval", "synchronous"}
+        if unknown:
+            raise ConfigurationError(f"unknown sqlite URL options: {sorted(unknown)}")
         try:
-            return cls(
-                path,
-                clock,
-                busy_timeout=float(query.pop("busy_timeout", DEFAULT_BUSY_TIMEOUT)),
-                poll_interval=float(query.pop("poll_interval", DEFAULT_POLL_INTERVAL)),
-                synchronous=query.pop("synchronous", "NORMAL"),
-            )
-        finally:
-            if query:
-                raise ConfigurationError(f"unknown sqlite URL options: {sorted(query)}")
+            busy = float(query.get("busy_timeout", DEFAULT_BUSY_TIMEOUT))
+            poll = float(query.get("poll_interval", DEFAULT_POLL_INTERVAL))
+        except ValueError as exc:
+            raise ConfigurationError(f"sqlite URL option is not a number: {exc}") from None
+        return cls(
+            path,
+            clock,
+            busy_timeout=busy,
+            poll_interval=poll,
+            synchronous=query.get("synchronous", "NORMAL"),
+        )
 
     # -- plumbing ---------------------------------------------------------------------------
 
