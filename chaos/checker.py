@@ -7,6 +7,8 @@ Definitions, per run:
 * ``completed``: jobs the engine holds as completed.
 * ``lost``: acknowledged jobs (and stored ``unknown`` ones) whose side effect never finished
   (no ``end`` line) and that are not in the dead-letter queue.
+* ``records_missing``: acknowledged jobs the engine no longer knows at all (every chaos
+  task keeps its completed jobs), i.e. state the engine forgot.
 * ``unexpected``: jobs that ran or are stored although no producer ever tried to enqueue them
   (or was told they were refused).
 * ``duplicate_runs``: side effects finished more than once (``end`` lines beyond the first).
@@ -239,6 +241,7 @@ def check(
         "lease_overlaps": overlaps,
         "double_claims": double_claims,
         "phantom_completions": len(phantom),
+        "records_missing": len(t.ok - set(records)),
         "dead_lettered": len(dead),
         "dlq_precision": ratio(len(dead & expected), len(dead)),
         "dlq_recall": ratio(len(dead & expected), len(expected)),
