@@ -38,6 +38,8 @@ def _serve(request: dict[str, Any], protocol: TextIO) -> dict[str, Any]:
         if not isinstance(task, Task):
             raise TypeError(f"{request['module']}.{request['attr']} is not a conveyor task")
         payload = task.codec.decode_payload(request["payload"].encode())
+        # The timeout covers the function, not this process's first import of its module.
+        _write(protocol, {"type": "started"})
 
         def report(progress: float | None, log: str | None) -> None:
             _write(protocol, {"type": "report", "progress": progress, "log": log})

@@ -15,6 +15,8 @@ from conveyor.task import Task
 
 #: Largest protocol line from a child (a result plus its JSON framing).
 MAX_LINE_BYTES = 64 * 1024 * 1024
+#: How long a child may take to import the task's module before the job's own timeout starts.
+STARTUP_TIMEOUT = 60.0
 
 
 class ChildFailed(ConveyorError):
@@ -76,8 +78,9 @@ class ProcessPool:
             request["path"] = os.path.abspath(main_file)  # a script: the child loads it by path
         healthy = False
         try:
-            async with asyncio.timeout(timeout):
-                result = await self._exchange(child, request, report)
+            async with asyncio.timeout(STARTUP_TIMEOUT) as deadline:
+                await self._send(child, request)
+                result = await self._exchange(child, report, deadline, timeout)
             healthy = True
             return result
         except TimeoutError:
@@ -93,21 +96,28 @@ class ProcessPool:
             else:
                 await self._discard(child)
 
+    async def _send(self, child: _Child, request: dict[str, Any]) -> None:
+        assert child.proc.stdin is not None
+        child.proc.stdin.write(json.dumps(request).encode() + b"\n")
+        await child.proc.stdin.drain()
+
     async def _exchange(
         self,
         child: _Child,
-        request: dict[str, Any],
         report: Callable[[float | None, str | None], Awaitable[None]],
+        deadline: asyncio.Timeout,
+        timeout: float,
     ) -> bytes:
-        assert child.proc.stdin is not None and child.proc.stdout is not None
-        child.proc.stdin.write(json.dumps(request).encode() + b"\n")
-        await child.proc.stdin.drain()
+        assert child.proc.stdout is not None
         while True:
             line = await child.proc.stdout.readline()
             if not line:
                 code = await child.proc.wait()
                 raise ChildDied(f"the task's child process died with exit code {code}")
             message = json.loads(line)
+            if message["type"] == "started":
+                deadline.reschedule(asyncio.get_running_loop().time() + timeout)
+                continue
             if message["type"] == "report":
                 await report(message["progress"], message["log"])
                 continue
