@@ -112,9 +112,31 @@ def _redis(fault: str, persistence: str = "none") -> Runner:
     return run
 
 
+def _fates_verdict(r: dict[str, Any]) -> list[str]:
+    problems = _no_loss(r)
+    if r["dlq_precision"] != 1.0 or r["dlq_recall"] != 1.0:
+        problems.append(f"dlq precision {r['dlq_precision']} recall {r['dlq_recall']}")
+    for key in ("attempt_count_mismatches", "failure_log_mismatches", "backoff_out_of_bounds",
+                "retries_started_early", "alerts_unaccounted", "dedup_violations",
+                "dlq_after_redrive", "redriven_not_run_once", "redriven_not_completed",
+                "duplicate_runs"):  # fmt: skip
+        if r[key]:
+            problems.append(f"{key}={r[key]}")
+    if r["redriven"] != r["dead_lettered"]:
+        problems.append(f"redrove {r['redriven']} of {r['dead_lettered']} dead jobs")
+    return problems
+
+
+async def _fates(target: Target, d: Path, seed: int, full: bool) -> dict[str, Any]:
+    from chaos import fates
+
+    return await fates.fates_run(target, d, seed, fates.FATES_FULL if full else fates.FATES_CI)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "crashes": Scenario(_crashes, _crash_verdict),
     "drain": Scenario(_drain, _drain_verdict),
+    "retries-dlq": Scenario(_fates, _fates_verdict),
     "sqlite-procs": Scenario(_sqlite_procs, _crash_verdict, engines=("sqlite",)),
     "redis-kill-always": Scenario(_redis("kill", "always"), _redis_verdict, ("redis",)),
     "redis-kill-everysec": Scenario(_redis("kill", "everysec"), _redis_verdict, ("redis",)),
