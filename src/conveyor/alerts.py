@@ -187,10 +187,14 @@ class Alerts:
                     now,
                 )
 
-    async def flush(self, now: float) -> None:
-        """Send summaries for windows that have closed; call periodically."""
+    async def flush(self, now: float, *, everything: bool = False) -> None:
+        """Send summaries for windows that have closed; call periodically.
+
+        ``everything=True`` closes every window now, as a process must before it exits:
+        the counts of suppressed alerts live only in its memory.
+        """
         for key, window in list(self._windows.items()):
-            if now - window.opened_at < self.dedup_window:
+            if not everything and now - window.opened_at < self.dedup_window:
                 continue
             del self._windows[key]
             if window.suppressed and window.sample is not None:

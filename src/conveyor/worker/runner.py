@@ -172,6 +172,12 @@ class Worker:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            # The process is about to exit: alerts suppressed by de-duplication are counted
+            # only in memory, so send their summaries now rather than never.
+            try:
+                await self.app.alerts.flush(self.app.clock.now(), everything=True)
+            except Exception:
+                log.exception("sending the last alert summaries failed")
 
     async def _drain(self) -> None:
         running = [r.task for r in self._running.values()]
