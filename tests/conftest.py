@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.servers.moto_server", "tests.servers.redis_server"]
+pytest_plugins: list[str] = [
+    "tests.servers.moto_server",
+    "tests.servers.redis_server",
+    "tests.servers.sqs_fixture",
+]
 
 #: engine name -> name of the fixture that yields a fresh URL for it.
-ENGINE_FIXTURES: dict[str, str] = {"sqlite": "sqlite_url", "redis": "redis_url"}
+ENGINE_FIXTURES: dict[str, str] = {"sqlite": "sqlite_url", "redis": "redis_url", "sqs": "sqs_url"}
 
 
 def _selected_engines() -> list[str]:
