@@ -57,6 +57,7 @@ class Run:
     start_mono: float
     start_wall: float
     last_mono: float
+    last_wall: float = 0.0
     ended: bool = False
     cancelled: bool = False
 
@@ -131,7 +132,7 @@ def load(directory: str | Path) -> Truth:
             continue
         run_or_none = open_runs.get(key)
         if run_or_none is not None:
-            run_or_none.last_mono = ev["mono"]
+            run_or_none.last_mono, run_or_none.last_wall = ev["mono"], ev["wall"]
         if kind == "end":
             t.ends[job] += 1
             if run_or_none is not None:

@@ -178,7 +178,7 @@ class DrainSize:
     long_fraction: float = 0.05
 
 
-DRAIN_CI = DrainSize(jobs=250, stops=6)
+DRAIN_CI = DrainSize(jobs=150, stops=5)
 DRAIN_FULL = DrainSize(jobs=4000, stops=40)
 
 

@@ -133,10 +133,46 @@ async def _fates(target: Target, d: Path, seed: int, full: bool) -> dict[str, An
     return await fates.fates_run(target, d, seed, fates.FATES_FULL if full else fates.FATES_CI)
 
 
+def _timeouts_verdict(r: dict[str, Any]) -> list[str]:
+    problems = _no_loss(r)
+    if r["stopped_after_timeout_max"] > 1.0:
+        problems.append(f"a job ran {r['stopped_after_timeout_max']}s past its timeout")
+    for key in ("ticks_after_failure", "not_timed_out"):
+        if r[key]:
+            problems.append(f"{key}={r[key]}")
+    return problems
+
+
+def _hostile_verdict(r: dict[str, Any]) -> list[str]:
+    problems = _no_loss(r)
+    if r["code_executed"]:
+        problems.append("a payload executed code")
+    if r["hostile_not_dead_lettered_once"]:
+        problems.append(f"{r['hostile_not_dead_lettered_once']} hostile jobs not dead once")
+    if r["dlq_precision"] != 1.0 or r["dlq_recall"] != 1.0:
+        problems.append(f"dlq precision {r['dlq_precision']} recall {r['dlq_recall']}")
+    return problems
+
+
+async def _timeouts(target: Target, d: Path, seed: int, full: bool) -> dict[str, Any]:
+    from chaos import inputs
+
+    size = inputs.TIMEOUT_FULL if full else inputs.TIMEOUT_CI
+    return await inputs.timeouts_run(target, d, seed, size)
+
+
+async def _hostile(target: Target, d: Path, seed: int, full: bool) -> dict[str, Any]:
+    from chaos import inputs
+
+    return await inputs.hostile_run(target, d, seed, full)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "crashes": Scenario(_crashes, _crash_verdict),
     "drain": Scenario(_drain, _drain_verdict),
     "retries-dlq": Scenario(_fates, _fates_verdict),
+    "timeouts": Scenario(_timeouts, _timeouts_verdict, engines=("sqlite",)),
+    "hostile": Scenario(_hostile, _hostile_verdict),
     "sqlite-procs": Scenario(_sqlite_procs, _crash_verdict, engines=("sqlite",)),
     "redis-kill-always": Scenario(_redis("kill", "always"), _redis_verdict, ("redis",)),
     "redis-kill-everysec": Scenario(_redis("kill", "everysec"), _redis_verdict, ("redis",)),
