@@ -236,10 +236,13 @@ class Worker:
     def _start(self, record: JobRecord) -> None:
         key = (record.queue, record.id)
         task = asyncio.create_task(self._process(record))
-        self._running[key] = _Running(record, task)
+        entry = self._running[key] = _Running(record, task)
 
         def done(_: asyncio.Task[None]) -> None:
-            self._running.pop(key, None)
+            # A retry can be reserved (same key) before the failed attempt's task has run its
+            # hooks and finished; that task must not remove the retry's entry.
+            if self._running.get(key) is entry:
+                del self._running[key]
             self._slot_free.set()
 
         task.add_done_callback(done)
