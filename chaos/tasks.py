@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import sqlite3
+import tempfile
 import time
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from pydantic import BaseModel
 import conveyor
 from chaos.truth import TruthLog
 
-DIRECTORY = os.environ.get("CHAOS_DIR", "chaos-run")
+DIRECTORY = os.environ.get("CHAOS_DIR") or os.path.join(tempfile.gettempdir(), "chaos-run")
 truth = TruthLog(DIRECTORY, "truth")
 _alerts_log = TruthLog(DIRECTORY, "alerts")
 

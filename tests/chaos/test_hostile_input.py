@@ -1,0 +1,98 @@
+"""Hostile input on the decode path: fuzzed payloads never crash a worker or run code.
+
+The bait is real: the pickles the chaos scenario writes into the engines do create their
+marker file when unpickled (checked here, in a child process); the worker never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import conveyor
+from chaos import inputs, tasks
+from conveyor.records import NewJob, Outcome, State
+
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=20,
+)
+
+
+def test_the_pickle_bait_would_execute_if_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    for bait in inputs.pickle_bait(marker):
+        marker.unlink(missing_ok=True)
+        code = "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"
+        subprocess.run([sys.executable, "-c", code], input=bait, check=True)
+        assert marker.exists()
+
+
+def _decodes_or_refuses(data: bytes) -> None:
+    try:
+        value = tasks.typed.codec.decode_payload(data)
+    except conveyor.PayloadInvalid as exc:
+        assert str(exc)  # a reason, never an empty message
+    else:
+        assert isinstance(value, tasks.Typed)
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_decoding_random_bytes_returns_a_payload_or_refuses_it(data: bytes) -> None:
+    _decodes_or_refuses(data)
+
+
+@FUZZ
+@given(json_values)
+def test_decoding_any_json_returns_a_payload_or_refuses_it(value: Any) -> None:
+    _decodes_or_refuses(json.dumps(value).encode())
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["n", "name", "x"]), json_values))
+def test_decoding_near_miss_objects_returns_a_payload_or_refuses_it(value: Any) -> None:
+    _decodes_or_refuses(json.dumps(value).encode())
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.binary(max_size=256) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_a_worker_dead_letters_an_undecodable_stored_payload_once(payload: bytes) -> None:
+    async def run(path: str) -> None:
+        app = conveyor.App(f"sqlite:///{path}")
+        app.tasks[tasks.typed.name] = tasks.typed
+        try:
+            engine = await app.engine()
+            now = app.clock.now()
+            await engine.enqueue([NewJob("hostile", "j", tasks.typed.name, payload, 0, now, now)])
+            worker = conveyor.Worker(app, queues=["hostile"], burst=True, idle_wait=0.01)
+            counts = await worker.run()
+            record = await engine.get("hostile", "j")
+            assert record is not None
+            if record.state is State.DEAD:
+                assert counts.dead == 1 and record.attempts == 1
+                [failure] = record.failures
+                assert failure.outcome is Outcome.INVALID
+                assert failure.error_type == "PayloadInvalid" and failure.message
+            else:
+                assert record.state is State.COMPLETED and counts.completed == 1
+        finally:
+            await app.close()
+
+    with tempfile.TemporaryDirectory() as d:
+        asyncio.run(run(f"{d}/q.db"))
