@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
     from conveyor.app import App
     from conveyor.job import Job
-    from conveyor.worker import Worker
 
 log = logging.getLogger("conveyor.metrics")
 
@@ -179,11 +178,11 @@ class ConveyorMetrics(Middleware):
     # -- workers and output -----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def track_worker(self, worker: Worker | None = None) -> Iterator[None]:
-        """Count a worker in ``conveyor_workers`` while the block runs::
+    def track_worker(self) -> Iterator[None]:
+        """Count one more worker in ``conveyor_workers`` while the block runs::
 
-        with metrics.track_worker(w):
-            await w.run()
+        with metrics.track_worker():
+            await worker.run()
         """
         self.workers.inc()
         try:

@@ -8,8 +8,9 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from conveyor.app import App
+from conveyor.dashboard.forms import Problem
 from conveyor.dashboard.security import Credentials, Csrf, Gate, SecurityMiddleware, Signer
-from conveyor.dashboard.views import Problem, Views
+from conveyor.dashboard.views import Views
 from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.metrics import instrument
 

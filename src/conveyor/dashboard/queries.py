@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.app import App
+from conveyor.dashboard.render import age
 from conveyor.dlq import DeadFilter
 from conveyor.engines.base import Engine
 from conveyor.records import JobRecord, QueueStats, State
@@ -206,3 +207,53 @@ def fingerprint(data: Any) -> str:
     """A short digest of JSON-able ``data``: pages reload a region when it changes."""
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def counts_of(stats: list[QueueStats], queue: str) -> dict[str, int]:
+    """Counts by state name of ``queue`` (zeros when the engine has no jobs for it)."""
+    for stat in stats:
+        if stat.queue == queue:
+            return {s.value: stat.counts.get(s, 0) for s in State}
+    return {s.value: 0 for s in State}
+
+
+def job_summary(record: JobRecord) -> dict[str, Any]:
+    """The live fields of a job, as JSON."""
+    return {
+        "queue": record.queue,
+        "id": record.id,
+        "task": record.task,
+        "state": record.state.value,
+        "attempts": record.attempts,
+        "progress": record.progress,
+        "created_at": record.created_at,
+        "finished_at": record.finished_at,
+        "logs": len(record.logs),
+        "failures": len(record.failures),
+    }
+
+
+def job_fingerprint(record: JobRecord) -> str:
+    """Changes when the job page would show something new."""
+    return fingerprint(job_summary(record))
+
+
+def jobs_fingerprint(records: list[JobRecord], counts: dict[str, int]) -> str:
+    """Changes when a jobs listing page would show something new."""
+    return fingerprint([counts, [(r.id, r.state.value, r.attempts) for r in records]])
+
+
+def overview_fingerprint(rows: list[QueueSummary], now: float) -> str:
+    """Changes when the overview would show something new (ages as displayed)."""
+    shown = [
+        (
+            r.queue,
+            r.counts,
+            r.paused,
+            age(None if r.oldest_dead_at is None else now - r.oldest_dead_at),
+            r.completed_recent,
+            r.dead_recent,
+        )
+        for r in rows
+    ]
+    return fingerprint(shown)

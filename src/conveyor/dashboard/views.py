@@ -6,29 +6,21 @@ through a confirmation page that shows how many jobs they will touch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from markupsafe import Markup
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 import conveyor
 from conveyor.app import App
-from conveyor.dashboard import queries
-from conveyor.dashboard.render import (
-    STATIC,
-    age,
-    clip,
-    environment,
-    parse_local,
-    pretty_json,
-)
+from conveyor.dashboard import forms, queries, urls
+from conveyor.dashboard.forms import ACTIONS, CONFIRM_LIST_LIMIT, FilterForm, Problem
+from conveyor.dashboard.render import STATIC, age, clip, environment, pretty_json
 from conveyor.dashboard.security import (
     CSRF_COOKIE,
     CSRF_FIELD,
@@ -36,73 +28,12 @@ from conveyor.dashboard.security import (
     Gate,
     cookie_path,
 )
-from conveyor.dlq import DeadFilter
 from conveyor.engines import redact
+from conveyor.errors import EngineUnavailable
 from conveyor.job import failure_log
 from conveyor.metrics import CONTENT_TYPE, ConveyorMetrics
 from conveyor.records import JobRecord, State
 from conveyor.tracing import trace_context
-
-#: At most this many job ids are accepted in one "selected" action.
-MAX_SELECTED = 1000
-#: Job ids listed on a confirmation page (the count is always exact).
-CONFIRM_LIST_LIMIT = 20
-ACTIONS = {"redrive": "Redrive", "delete": "Delete"}
-SCOPES = ("ids", "matching")
-
-
-class Problem(Exception):
-    """A request the dashboard refuses, rendered as an error page with ``status``."""
-
-    def __init__(self, status: int, title: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.title = title
-        self.message = message
-
-
-@dataclass
-class FilterForm:
-    """The DLQ filter as typed in the form (kept as text to show it again)."""
-
-    task: str = ""
-    error: str = ""
-    since: str = ""
-    until: str = ""
-
-    @classmethod
-    def read(cls, data: Mapping[str, Any]) -> FilterForm:
-        """From query parameters or form fields."""
-        return cls(
-            *(str(data.get(k, "") or "").strip() for k in ("task", "error", "since", "until"))
-        )
-
-    def to_filter(self, frozen_until: float | None = None) -> DeadFilter:
-        """The :class:`DeadFilter`; ``frozen_until`` caps the time (see confirmation)."""
-        try:
-            since, until = parse_local(self.since), parse_local(self.until)
-        except ValueError as exc:
-            raise Problem(400, "Bad filter", str(exc)) from None
-        if frozen_until is not None:
-            until = frozen_until if until is None else min(until, frozen_until)
-        return DeadFilter(self.task or None, self.error or None, since, until)
-
-    def params(self) -> dict[str, str]:
-        """The non-empty fields, for links that keep the filter."""
-        return {k: v for k, v in vars(self).items() if v}
-
-    def describe(self) -> str:
-        """The filter in words, for the confirmation page."""
-        parts = []
-        if self.task:
-            parts.append(f"task {self.task}")
-        if self.error:
-            parts.append(f"error {self.error}")
-        if self.since:
-            parts.append(f"died after {self.since.replace('T', ' ')} UTC")
-        if self.until:
-            parts.append(f"died before {self.until.replace('T', ' ')} UTC")
-        return ", ".join(parts) or "no filter (the whole DLQ)"
 
 
 class Views:
@@ -153,10 +84,8 @@ class Views:
         self, request: Request, template: str, status: int = 200, **context: Any
     ) -> HTMLResponse:
         """Render ``template`` with the common context; issue a CSRF cookie if needed."""
-        nonce = request.cookies.get(CSRF_COOKIE)
-        fresh = not Csrf.well_formed(nonce)
-        if fresh or nonce is None:
-            nonce = Csrf.new_nonce()
+        cookie = request.cookies.get(CSRF_COOKIE)
+        nonce = cookie if cookie is not None and Csrf.well_formed(cookie) else Csrf.new_nonce()
         token = self.csrf.token(nonce)
         now = self.app.clock.now()
         if "nav_queues" not in context:
@@ -164,7 +93,7 @@ class Views:
                 context["nav_queues"] = queries.all_queues(self.app, await self.app.stats())
             except Exception:  # the error page must render even when the engine is down
                 context["nav_queues"] = self.app.queues
-        base = _base(request)
+        base = urls.base(request)
         html = self.env.get_template(template).render(
             base=base,
             csrf_input=Markup('<input type="hidden" name="{}" value="{}">').format(
@@ -181,12 +110,15 @@ class Views:
             **context,
         )
         response = HTMLResponse(html, status_code=status)
-        if fresh:
+        if nonce != cookie:
+            # Lax, not Strict: a Strict cookie is not sent when the dashboard is opened from a
+            # link elsewhere, and the fresh nonce set then would void the forms of other tabs.
+            # The token check, not SameSite, is what stops cross-site posts.
             response.set_cookie(
                 CSRF_COOKIE,
                 nonce,
                 httponly=True,
-                samesite="strict",
+                samesite="lax",
                 secure=request.url.scheme == "https",
                 path=cookie_path(request.scope),
             )
@@ -196,9 +128,10 @@ class Views:
         """Exception handler: a :class:`Problem` or an engine error as an error page."""
         if isinstance(exc, Problem):
             status, title, message = exc.status, exc.title, exc.message
+        elif isinstance(exc, EngineUnavailable):
+            status, title, message = 503, "Engine unavailable", str(exc)
         else:
-            status, title = 503, "Engine error"
-            message = f"{type(exc).__name__}: {exc}"
+            status, title, message = 500, type(exc).__name__, str(exc)
         if _wants_json(request):
             return JSONResponse({"error": title, "message": message}, status_code=status)
         return await self.render(request, "error.html", status, title=title, message=message)
@@ -229,7 +162,7 @@ class Views:
             "overview.html",
             rows=rows,
             totals=queries.totals(rows),
-            fingerprint=_overview_fingerprint(rows, now),
+            fingerprint=queries.overview_fingerprint(rows, now),
             window_minutes=int(queries.RATE_WINDOW // 60),
             nav_queues=[r.queue for r in rows],
         )
@@ -242,7 +175,7 @@ class Views:
             {
                 "queues": [r.to_json(now) for r in rows],
                 "generated_at": now,
-                "fingerprint": _overview_fingerprint(rows, now),
+                "fingerprint": queries.overview_fingerprint(rows, now),
             }
         )
 
@@ -257,7 +190,7 @@ class Views:
                 if record is not None:
                     found.append(record)
         if len(found) == 1:
-            return _redirect(_job_url(request, found[0].queue, found[0].id))
+            return urls.redirect(urls.job_url(request, found[0].queue, found[0].id))
         return await self.render(request, "search.html", job_id=job_id, found=found)
 
     async def queue(self, request: Request) -> Response:
@@ -267,9 +200,10 @@ class Views:
         if job_id:
             record = await (await self.app.engine()).get(queue, job_id)
             if record is not None:
-                return _redirect(_job_url(request, queue, job_id))
+                return urls.redirect(urls.job_url(request, queue, job_id))
         state, page, records, has_next = await self._jobs(request)
-        counts = await self._counts(queue)
+        stats = await self.app.stats()
+        counts = queries.counts_of(stats, queue)
         return await self.render(
             request,
             "queue.html",
@@ -277,19 +211,20 @@ class Views:
             state=state,
             states=[s.value for s in State],
             counts=counts,
-            paused=await self._paused(queue),
+            paused=any(s.queue == queue and s.paused for s in stats),
+            nav_queues=queries.all_queues(self.app, stats),
             jobs=records,
             page=page,
             has_next=has_next,
             not_found=job_id,
-            fingerprint=_jobs_fingerprint(records, counts),
+            fingerprint=queries.jobs_fingerprint(records, counts),
         )
 
     async def api_jobs(self, request: Request) -> Response:
         """JSON of one page of :meth:`queue`."""
         queue = request.path_params["queue"]
         state, page, records, has_next = await self._jobs(request)
-        counts = await self._counts(queue)
+        counts = queries.counts_of(await self.app.stats(), queue)
         return JSONResponse(
             {
                 "queue": queue,
@@ -297,8 +232,8 @@ class Views:
                 "page": page,
                 "has_next": has_next,
                 "counts": counts,
-                "jobs": [_job_summary(r) for r in records],
-                "fingerprint": _jobs_fingerprint(records, counts),
+                "jobs": [queries.job_summary(r) for r in records],
+                "fingerprint": queries.jobs_fingerprint(records, counts),
             }
         )
 
@@ -322,19 +257,21 @@ class Views:
             redriven=int(record.options.get("redriven", 0)),
             trace_id=trace_id,
             clip=clip,
-            fingerprint=_job_fingerprint(record),
+            fingerprint=queries.job_fingerprint(record),
         )
 
     async def api_job(self, request: Request) -> Response:
         """JSON of one job's live fields (polled by the job page)."""
         record = await self._record(request)
-        return JSONResponse({**_job_summary(record), "fingerprint": _job_fingerprint(record)})
+        return JSONResponse(
+            {**queries.job_summary(record), "fingerprint": queries.job_fingerprint(record)}
+        )
 
     async def dlq(self, request: Request) -> Response:
         """Dead jobs of one queue, filtered by task, error type and time, with actions."""
         queue = request.path_params["queue"]
         form = FilterForm.read(request.query_params)
-        page = _page(request)
+        page = forms.page_number(request)
         offset = (page - 1) * self.page_size
         result = await queries.dead_page(self.app, queue, form.to_filter(), offset, self.page_size)
         return await self.render(
@@ -355,13 +292,13 @@ class Views:
         """Step one of a DLQ action: show how many jobs it would touch, ask to confirm."""
         queue = request.path_params["queue"]
         form = await self.form(request)
-        action, scope = _intent(form)
+        action, scope = forms.intent(form)
         filters = FilterForm.read(form)
-        back = _back(form)
+        back = forms.back_target(form)
         ids: list[str] = []
         frozen: float | None = None
         if scope == "ids":
-            ids = await self._dead_ids(queue, _ids(form))
+            ids = await self._dead_ids(queue, forms.selected_ids(form))
             count = len(ids)
         else:
             # Jobs that die after this page is shown are not part of what the user confirms.
@@ -388,23 +325,23 @@ class Views:
         """Step two of a DLQ action: do it, then go back with the number of jobs touched."""
         queue = request.path_params["queue"]
         form = await self.form(request)
-        action, scope = _intent(form)
+        action, scope = forms.intent(form)
         filters = FilterForm.read(form)
-        back = _back(form)
-        ids = _ids(form)
+        back = forms.back_target(form)
+        ids = forms.selected_ids(form)
         if scope == "ids":
             if action == "redrive":
                 done = await self.app.dlq.redrive(queue, job_ids=ids)
             else:
                 done = await self.app.dlq.purge(queue, job_ids=ids)
         else:
-            frozen = _float(form.get("frozen_until"))
+            frozen = forms.parse_time(form.get("frozen_until"))
             where = filters.to_filter(frozen)
             if action == "redrive":
                 done = await self.app.dlq.redrive(queue, where=where)
             else:
                 done = await self.app.dlq.purge(queue, where=where)
-        return _redirect(self._after_url(request, queue, back, ids, filters, action, done))
+        return urls.redirect(self._after_url(request, queue, back, ids, filters, action, done))
 
     async def pause(self, request: Request) -> Response:
         """Pause (``paused=1``) or resume (``paused=0``) a queue."""
@@ -413,25 +350,25 @@ class Views:
         paused = form.get("paused") == "1"
         await (await self.app.engine()).set_paused(queue, paused)
         done = "paused" if paused else "resumed"
-        target = _base(request) + "/"
+        target = urls.base(request) + "/"
         if form.get("back") == "queue":
-            target = _queue_url(request, queue)
-        return _redirect(f"{target}?{urlencode({'done': done, 'q': queue})}")
+            target = urls.queue_url(request, queue)
+        return urls.redirect(f"{target}?{urlencode({'done': done, 'q': queue})}")
 
     async def login(self, request: Request) -> Response:
         """The token form (only when the dashboard has a token); signs the browser in."""
         gate = self.gate
         if gate.credentials.token is None:
-            return _redirect(_base(request) + "/")
+            return urls.redirect(urls.base(request) + "/")
         if request.method == "GET":
             nxt = request.query_params.get("next", "/")
             if gate.authorized(request.scope):
-                return _redirect(_safe_next(request, nxt))
+                return urls.redirect(urls.safe_next(request, nxt))
             return await self.login_page(request, 200, nxt=nxt)
         form = await request.form()
         token, nxt = form.get("token"), str(form.get("next", "/"))
         if isinstance(token, str) and gate.authorized_token(token):
-            response = _redirect(_safe_next(request, nxt))
+            response = urls.redirect(urls.safe_next(request, nxt))
             gate.set_auth_cookie(response, request)
             return response
         return await self.login_page(request, 401, nxt=nxt, error="That token is not valid.")
@@ -444,7 +381,7 @@ class Views:
             request,
             "login.html",
             status,
-            next=nxt if nxt is not None else _relative(request),
+            next=nxt if nxt is not None else urls.relative(request),
             error=error,
             nav_queues=[],
         )
@@ -464,21 +401,12 @@ class Views:
         except ValueError:
             states = ", ".join(s.value for s in State)
             raise Problem(400, "Unknown state", f"{state_name!r} is not one of {states}") from None
-        page = _page(request)
+        page = forms.page_number(request)
         engine = await self.app.engine()
         records = await engine.list_jobs(
             queue, state, limit=self.page_size + 1, offset=(page - 1) * self.page_size
         )
         return state.value, page, records[: self.page_size], len(records) > self.page_size
-
-    async def _counts(self, queue: str) -> dict[str, int]:
-        for stat in await self.app.stats():
-            if stat.queue == queue:
-                return {s.value: stat.counts.get(s, 0) for s in State}
-        return {s.value: 0 for s in State}
-
-    async def _paused(self, queue: str) -> bool:
-        return any(s.queue == queue and s.paused for s in await self.app.stats())
 
     async def _record(self, request: Request) -> JobRecord:
         queue, job_id = request.path_params["queue"], request.path_params["job_id"]
@@ -513,87 +441,17 @@ class Views:
     ) -> str:
         result = {"done": action, "n": str(done)} if action else {}
         if back == "job" and len(ids) == 1 and action != "delete":
-            url = _job_url(request, queue, ids[0])
+            url = urls.job_url(request, queue, ids[0])
             return f"{url}?{urlencode(result)}" if result else url
         query = urlencode({**filters.params(), **result})
-        return _dlq_url(request, queue) + (f"?{query}" if query else "")
+        return urls.dlq_url(request, queue) + (f"?{query}" if query else "")
 
 
-# -- small pure helpers -----------------------------------------------------------------------
-
-
-def _base(request: Request) -> str:
-    return str(request.scope.get("root_path", "")).rstrip("/")
-
-
-def _queue_url(request: Request, queue: str) -> str:
-    from conveyor.dashboard.render import segment
-
-    return f"{_base(request)}/queues/{segment(queue)}"
-
-
-def _job_url(request: Request, queue: str, job_id: str) -> str:
-    from conveyor.dashboard.render import segment
-
-    return f"{_queue_url(request, queue)}/job/{segment(job_id)}"
-
-
-def _dlq_url(request: Request, queue: str) -> str:
-    return f"{_queue_url(request, queue)}/dlq"
-
-
-def _relative(request: Request) -> str:
-    path = request.url.path[len(_base(request)) :] or "/"
-    return path + (f"?{request.url.query}" if request.url.query else "")
-
-
-def _safe_next(request: Request, nxt: str) -> str:
-    """A redirect target inside the dashboard only (no open redirects)."""
-    if not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt:
-        nxt = "/"
-    return _base(request) + nxt
-
-
-def _redirect(url: str) -> RedirectResponse:
-    return RedirectResponse(url, status_code=303)
-
-
-def _page(request: Request) -> int:
-    try:
-        return max(1, int(request.query_params.get("page", "1")))
-    except ValueError:
-        return 1
-
-
-def _intent(form: FormData) -> tuple[str, str]:
-    action, _, scope = str(form.get("intent", "")).partition(":")
-    if action not in ACTIONS or scope not in SCOPES:
-        raise Problem(400, "Unknown action", f"{form.get('intent')!r} is not a DLQ action")
-    if scope == "ids" and not _ids(form):
-        raise Problem(400, "Nothing selected", "Select at least one job, or use 'all matching'.")
-    return action, scope
-
-
-def _ids(form: FormData) -> list[str]:
-    ids = [v for v in form.getlist("id") if isinstance(v, str) and v]
-    if len(ids) > MAX_SELECTED:
-        raise Problem(400, "Too many jobs", f"Select at most {MAX_SELECTED} jobs at once.")
-    return list(dict.fromkeys(ids))
-
-
-def _back(form: FormData) -> str:
-    return "job" if form.get("back") == "job" else "dlq"
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return float(value) if value else None
-    except (TypeError, ValueError):
-        raise Problem(400, "Bad request", f"{value!r} is not a time") from None
+# -- small helpers ---------------------------------------------------------------------------------
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith(_base(request) + "/api/")
+    return request.url.path.startswith(urls.base(request) + "/api/")
 
 
 def _flash(request: Request) -> str:
@@ -608,41 +466,3 @@ def _flash(request: Request) -> str:
     if done in ("paused", "resumed"):
         return f"Queue {request.query_params.get('q', '')} {done}."
     return ""
-
-
-def _job_summary(record: JobRecord) -> dict[str, Any]:
-    return {
-        "queue": record.queue,
-        "id": record.id,
-        "task": record.task,
-        "state": record.state.value,
-        "attempts": record.attempts,
-        "progress": record.progress,
-        "created_at": record.created_at,
-        "finished_at": record.finished_at,
-        "logs": len(record.logs),
-        "failures": len(record.failures),
-    }
-
-
-def _job_fingerprint(record: JobRecord) -> str:
-    return queries.fingerprint(_job_summary(record))
-
-
-def _jobs_fingerprint(records: list[JobRecord], counts: dict[str, int]) -> str:
-    return queries.fingerprint([counts, [(r.id, r.state.value, r.attempts) for r in records]])
-
-
-def _overview_fingerprint(rows: list[queries.QueueSummary], now: float) -> str:
-    shown = [
-        (
-            r.queue,
-            r.counts,
-            r.paused,
-            age(None if r.oldest_dead_at is None else now - r.oldest_dead_at),
-            r.completed_recent,
-            r.dead_recent,
-        )
-        for r in rows
-    ]
-    return queries.fingerprint(shown)
