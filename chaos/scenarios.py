@@ -49,6 +49,13 @@ def _crash_verdict(r: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _procs_verdict(r: dict[str, Any]) -> list[str]:
+    """As for crashes, but with no bound on recovery: processes here also die on their own
+    (just before a COMMIT), so at times no worker is up and recovery waits for a restart."""
+    problems = _crash_verdict(r)
+    return [p for p in problems if not p.startswith("recovery_max")]
+
+
 def _drain_verdict(r: dict[str, Any]) -> list[str]:
     problems = _no_loss(r)
     if r["duplicate_runs"]:
@@ -173,7 +180,7 @@ SCENARIOS: dict[str, Scenario] = {
     "retries-dlq": Scenario(_fates, _fates_verdict),
     "timeouts": Scenario(_timeouts, _timeouts_verdict, engines=("sqlite",)),
     "hostile": Scenario(_hostile, _hostile_verdict),
-    "sqlite-procs": Scenario(_sqlite_procs, _crash_verdict, engines=("sqlite",)),
+    "sqlite-procs": Scenario(_sqlite_procs, _procs_verdict, engines=("sqlite",)),
     "redis-kill-always": Scenario(_redis("kill", "always"), _redis_verdict, ("redis",)),
     "redis-kill-everysec": Scenario(_redis("kill", "everysec"), _redis_verdict, ("redis",)),
     "redis-kill-snapshot": Scenario(_redis("kill", "snapshot"), _control_verdict, ("redis",)),
