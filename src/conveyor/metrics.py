@@ -39,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "conveyor.metrics needs prometheus-client: pip install 'conveyor[dashboard]'"
     ) from exc
 
+from conveyor.errors import ConfigurationError
 from conveyor.middleware import CallNext, Middleware
 from conveyor.records import Attempt, NewJob, QueueStats, State
 
@@ -213,7 +214,7 @@ def instrument(app: App) -> ConveyorMetrics:
 class _Snapshot:
     stats: list[QueueStats] = field(default_factory=list)
     queues: list[str] = field(default_factory=list)
-    busy_workers: int = 0
+    busy_workers: int | None = None
     taken_at: float = 0.0
     ok: bool = False
 
@@ -235,17 +236,24 @@ class EngineCollector(Collector):
         try:
             stats = await self.app.stats()
             queues = sorted({s.queue for s in stats} | set(self.app.queues))
-            engine = await self.app.engine()
-            workers: set[str] = set()
-            for stat in stats:
-                if stat.counts.get(State.ACTIVE, 0):
-                    active = await engine.list_jobs(stat.queue, State.ACTIVE, ACTIVE_SCAN_LIMIT)
-                    workers.update(r.worker for r in active if r.worker)
+            busy = await self._busy_workers(stats)
         except Exception as exc:
             log.warning("metrics: reading queue counts failed: %s", exc)
             self._snapshot = _Snapshot(taken_at=self.app.clock.now(), ok=False)
             return
-        self._snapshot = _Snapshot(stats, queues, len(workers), self.app.clock.now(), True)
+        self._snapshot = _Snapshot(stats, queues, busy, self.app.clock.now(), True)
+
+    async def _busy_workers(self, stats: list[QueueStats]) -> int | None:
+        engine = await self.app.engine()
+        workers: set[str] = set()
+        try:
+            for stat in stats:
+                if stat.counts.get(State.ACTIVE, 0):
+                    active = await engine.list_jobs(stat.queue, State.ACTIVE, ACTIVE_SCAN_LIMIT)
+                    workers.update(r.worker for r in active if r.worker)
+        except ConfigurationError:  # an engine that cannot list active jobs (SQS, untracked)
+            return None
+        return len(workers)
 
     def describe(self) -> Iterable[Metric]:
         """No fixed description: the queues are only known at scrape time."""
@@ -288,12 +296,15 @@ class EngineCollector(Collector):
             oldest = stat.oldest_dead_at
             age.add_metric([queue], max(0.0, snap.taken_at - oldest) if oldest else 0.0)
             paused.add_metric([queue], 1.0 if stat.paused else 0.0)
-        busy = GaugeMetricFamily(
-            "conveyor_workers_busy",
-            "Distinct workers holding a job lease now, from the engine (idle ones are not seen).",
-        )
-        busy.add_metric([], float(snap.busy_workers))
-        yield from (jobs, dlq, age, paused, busy)
+        yield from (jobs, dlq, age, paused)
+        if snap.busy_workers is not None:
+            busy = GaugeMetricFamily(
+                "conveyor_workers_busy",
+                "Distinct workers holding a job lease now, from the engine (idle ones are not "
+                "seen).",
+            )
+            busy.add_metric([], float(snap.busy_workers))
+            yield busy
 
 
 @dataclass

@@ -385,3 +385,33 @@ def _hidden_fields(html: str) -> dict[str, list[str]]:
     for name, value in HIDDEN.findall(form):
         fields.setdefault(name, []).append(value)
     return fields
+
+
+async def test_engines_that_cannot_list_finished_jobs_still_get_an_overview_and_metrics(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like SQS without a state table: only dead jobs can be listed."""
+    await shop.send_email.enqueue("bounce@example.com")
+    await run(shop)
+    engine = await shop.app.engine()
+    list_jobs = engine.list_jobs
+
+    async def dead_only(queue: str, state: conveyor.State, *args: Any, **kw: Any) -> Any:
+        if state is not conveyor.State.DEAD:
+            raise conveyor.ConfigurationError("listing needs the state table")
+        return await list_jobs(queue, state, *args, **kw)
+
+    monkeypatch.setattr(engine, "list_jobs", dead_only)
+    async with client(create_dashboard(shop.app)) as http:
+        page = await http.get("/")
+        assert page.status_code == 200
+        assert "n/a" in page.text
+        row = {r["queue"]: r for r in (await http.get("/api/overview")).json()["queues"]}
+        assert row["emails"]["dlq_depth"] == 1
+        assert row["emails"]["completed_last_window"] is None
+        metrics = (await http.get("/metrics")).text
+        assert "conveyor_engine_up 1.0" in metrics
+        assert 'conveyor_dlq_depth{queue="emails"} 1.0' in metrics
+        listing = await http.get("/queues/emails", params={"state": "completed"})
+        assert listing.status_code == 500
+        assert "state table" in listing.text

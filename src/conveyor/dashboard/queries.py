@@ -18,6 +18,7 @@ from conveyor.app import App
 from conveyor.dashboard.render import age
 from conveyor.dlq import DeadFilter
 from conveyor.engines.base import Engine
+from conveyor.errors import ConfigurationError
 from conveyor.records import JobRecord, QueueStats, State
 
 #: The window of the throughput and failure-rate columns, in seconds.
@@ -36,8 +37,9 @@ class QueueSummary:
     counts: dict[str, int]
     paused: bool
     oldest_dead_at: float | None
-    completed_recent: int
-    dead_recent: int
+    #: ``None`` when the engine cannot list finished jobs (SQS without a state table).
+    completed_recent: int | None
+    dead_recent: int | None
     #: True when a window count hit :data:`RATE_SCAN_LIMIT` (the real count is higher).
     capped: bool
 
@@ -49,6 +51,8 @@ class QueueSummary:
     @property
     def failure_rate(self) -> float | None:
         """Dead / (completed + dead) among jobs that finished in the window."""
+        if self.completed_recent is None or self.dead_recent is None:
+            return None
         finished = self.completed_recent + self.dead_recent
         return self.dead_recent / finished if finished else None
 
@@ -96,8 +100,8 @@ def totals(rows: list[QueueSummary]) -> Totals:
         waiting=sum(r.counts.get("queued", 0) + r.counts.get("scheduled", 0) for r in rows),
         scheduled=sum(r.counts.get("scheduled", 0) for r in rows),
         active=sum(r.counts.get("active", 0) for r in rows),
-        completed_recent=sum(r.completed_recent for r in rows),
-        dead_recent=sum(r.dead_recent for r in rows),
+        completed_recent=sum(r.completed_recent or 0 for r in rows),
+        dead_recent=sum(r.dead_recent or 0 for r in rows),
         dead=sum(r.dead for r in rows),
         paused=sum(1 for r in rows if r.paused),
         oldest_dead_at=min(oldest) if oldest else None,
@@ -118,8 +122,14 @@ async def overview(app: App, now: float) -> list[QueueSummary]:
     rows = []
     for queue in all_queues(app, stats):
         stat = by_queue.get(queue) or QueueStats(queue, {})
-        completed, capped_c = await finished_since(engine, queue, State.COMPLETED, since)
-        dead, capped_d = await finished_since(engine, queue, State.DEAD, since)
+        completed: int | None
+        dead: int | None
+        try:
+            completed, capped_c = await finished_since(engine, queue, State.COMPLETED, since)
+            dead, capped_d = await finished_since(engine, queue, State.DEAD, since)
+        except ConfigurationError:  # the engine cannot list jobs in these states
+            completed = dead = None
+            capped_c = capped_d = False
         rows.append(
             QueueSummary(
                 queue=queue,
