@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import importlib
 import json
@@ -12,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -24,6 +25,9 @@ from conveyor.engines import redact
 from conveyor.errors import ConveyorError
 from conveyor.job import failure_log
 from conveyor.records import JobRecord, State
+
+if TYPE_CHECKING:
+    from conveyor.metrics import MetricsServer
 
 T = TypeVar("T")
 #: Piped output gets wide tables, so job ids and errors are never cut (grep-able).
@@ -124,7 +128,14 @@ def cli(debug: bool) -> None:
 @click.option("--burst", is_flag=True, help="Exit when no job is due and none runs.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
-@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Serve Prometheus metrics on this port (with --processes N: ports PORT..PORT+N-1).",
+)
+@click.option(
+    "--metrics-addr", default="127.0.0.1", show_default=True, help="Metrics bind address."
+)
 def worker(
     app_path: str,
     queues: str | None,
@@ -135,6 +146,7 @@ def worker(
     log_level: str,
     log_format: str,
     metrics_port: int | None,
+    metrics_addr: str,
 ) -> None:
     """Run jobs of MODULE:APP until SIGTERM/SIGINT (the first drains, a second hurries)."""
     from conveyor import logs
@@ -143,17 +155,24 @@ def worker(
 
     logs.configure(log_level, log_format)
     if processes > 1:
-        args = _strip_option_values(sys.argv[1:], ("--processes", "-p"))
-        sys.exit(supervise([*args, "--processes", "1"], processes))
+        args = _strip_option_values(sys.argv[1:], ("--processes", "-p", "--metrics-port"))
+        per_child = [
+            [*args, "--processes", "1"]
+            + ([] if metrics_port is None else ["--metrics-port", str(metrics_port + i)])
+            for i in range(processes)
+        ]
+        sys.exit(supervise(per_child))
     app = load_app(app_path)
-    if metrics_port is not None:
-        _start_metrics(app, metrics_port)
     queue_list = [q.strip() for q in queues.split(",")] if queues else None
     w = Worker(app, queues=queue_list, concurrency=concurrency, grace_period=grace, burst=burst)
+    tracking: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if metrics_port is not None:
+        tracking = _start_metrics(app, metrics_port, metrics_addr).metrics.track_worker()
 
     async def main() -> None:
         try:
-            await w.run_until_signal()
+            with tracking:
+                await w.run_until_signal()
         finally:
             await app.close()
 
@@ -176,16 +195,14 @@ def _strip_option_values(argv: list[str], names: tuple[str, ...]) -> list[str]:
     return kept
 
 
-def _start_metrics(app: App, port: int) -> None:
+def _start_metrics(app: App, port: int, addr: str) -> MetricsServer:
     try:
-        from conveyor.metrics import (  # type: ignore[import-not-found,attr-defined,unused-ignore]
-            start_metrics_server,
-        )
+        from conveyor.metrics import start_metrics_server
     except ImportError as exc:
         raise click.ClickException(
             f"--metrics-port needs the dashboard extra: pip install 'conveyor[dashboard]' ({exc})"
         ) from exc
-    start_metrics_server(app, port)
+    return start_metrics_server(app, port, addr)
 
 
 # -- inspection -------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ uvicorn on a free loopback port, and headless Chromium driven by Playwright."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +37,13 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+#: Screenshots go to docs/images only when asked (CONVEYOR_UPDATE_SCREENSHOTS=1), so a test
+#: run leaves the work tree clean; otherwise to a scratch folder.
+DOCS_IMAGES = (
+    Path(__file__).resolve().parents[2] / "docs" / "images"
+    if os.environ.get("CONVEYOR_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "conveyor-screenshots"
+)
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
