@@ -176,3 +176,44 @@ async def test_worker_survives_an_engine_call_failing(sqlite_url: str) -> None:
         assert calls >= 2
     finally:
         await app.close()
+
+
+def test_metrics_port_gives_each_worker_process_its_own_port(sqlite_url: str) -> None:
+    import httpx
+
+    from tests.servers import free_port, wait_for_port
+
+    port = free_port()
+    while True:  # two consecutive free ports
+        try:
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            break
+        except OSError:
+            port = free_port()
+    env = {**os.environ, "CONVEYOR_URL": sqlite_url, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conveyor.cli",
+            "worker",
+            "tests.conformance.worker_app:app",
+            "--processes",
+            "2",
+            "--metrics-port",
+            str(port),
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for p in (port, port + 1):
+            wait_for_port(p, timeout=30)
+            body = httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text
+            assert "conveyor_workers 1.0" in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
