@@ -164,6 +164,49 @@ class Release:
 Settlement = Complete | Retry | DeadLetter | Release
 
 
+class EventKind(StrEnum):
+    """What a :class:`JobEvent` reports.
+
+    Every kind but ``subscribed`` is a job's transition; its event carries the job's state
+    after it. ``subscribed`` is the stream's own: it is listening to the queue from now on,
+    for the first time or again after a gap (a reconnect, or a consumer too slow to keep
+    up). Events may have been missed before it, so re-read any job you are waiting for.
+    """
+
+    ENQUEUED = "enqueued"  # stored (state queued or scheduled)
+    ACTIVE = "active"  # leased to a worker; attempt counts the try that starts
+    PROGRESS = "progress"  # the running task reported progress
+    COMPLETED = "completed"  # succeeded (the result may not have been kept)
+    FAILED = "failed"  # an attempt failed and a retry is scheduled
+    DEAD = "dead"  # failed for good: moved to the dead-letter queue
+    RELEASED = "released"  # handed back unrun by a stopping worker
+    LOST = "lost"  # its worker died or stalled: the lease expired, the job is due again
+    REDRIVEN = "redriven"  # moved from the dead-letter queue back to queued
+    SUBSCRIBED = "subscribed"  # the stream listens to the queue (again): re-read what you track
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Something that happened to a job, as engines with an event stream push it.
+
+    ``state`` is the job's state after the event, ``attempt`` its attempts so far, ``at``
+    the engine's time of the change. ``subscribed`` events name only the ``queue``.
+    """
+
+    kind: EventKind
+    queue: str
+    job_id: str = ""
+    state: State | None = None
+    attempt: int = 0
+    progress: float | None = None
+    at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        """The job completed or is dead (for now: a dead job can be redriven)."""
+        return self.state in (State.COMPLETED, State.DEAD)
+
+
 @dataclass
 class QueueStats:
     """Counts of one queue, as ``conveyor status`` shows them."""

@@ -14,14 +14,18 @@ Delivery model (leases):
 
 Every operation that changes a job is atomic in the engine. Times are seconds since the
 epoch, taken from the clock the engine was built with.
+
+One capability is optional: an engine that can push job events (Redis, over pub/sub) also
+implements :class:`EventSource`. The core checks for it with ``isinstance`` and, where it is
+missing (SQLite, SQS), ``Job.result()`` polls :meth:`Engine.get` instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol, runtime_checkable
 
-from conveyor.records import JobRecord, Lease, NewJob, QueueStats, Settlement, State
+from conveyor.records import JobEvent, JobRecord, Lease, NewJob, QueueStats, Settlement, State
 
 
 @runtime_checkable
@@ -101,4 +105,24 @@ class Engine(Protocol):
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         """Pause or resume a queue: a paused queue keeps its jobs but hands none out."""
+        ...
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """Optional engine capability: job events pushed as they happen, without polling."""
+
+    def subscribe(
+        self, queues: Sequence[str], job_id: str | None = None
+    ) -> AsyncGenerator[JobEvent, None]:
+        """Events of ``queues`` (only those of job ``job_id`` if given), in the order each
+        job's transitions happened; no order is promised between jobs of different queues.
+
+        Each queue's stream starts with a ``subscribed`` event, yielded once the engine is
+        listening: a transition after it is pushed, one before it is visible in the job's
+        record, so read the record then. The engine resubscribes by itself after a lost
+        connection and yields ``subscribed`` again; events in between may be missing, so
+        read again. The generator runs until closed (``contextlib.aclosing``), which ends
+        the subscription.
+        """
         ...
