@@ -14,6 +14,8 @@
 --   paused  string present while the queue is paused
 --   wake    list   tokens an idle worker blocks on (BLPOP); pushed when jobs become due
 --   seq     string counter giving each job its insertion order (the SQLite rowid)
+--   events  string present while someone listens to the queue's job events (see below); the
+--                  events are published on the pub/sub channel of the same name
 -- Times are seconds since the epoch from the engine's clock (ARGV), never Redis TIME, so
 -- tests can move time.
 
@@ -144,4 +146,47 @@ local function job_row(jobs_fail, jobs_logs, id, rec)
     opt_num(rec[EXPIRES_AT]), rec[WORKER],
     redis.call('HGET', jobs_fail, id), redis.call('HGET', jobs_logs, id),
   }
+end
+
+-- Job events. A listener (events.py) sets the queue's `events` key, with an expiry it keeps
+-- renewing, to how it subscribed: 's' (SSUBSCRIBE, sharded pub/sub on Redis Cluster) or 'p'
+-- (SUBSCRIBE). While the key exists, a script that changes jobs publishes what changed as one
+-- JSON array per call on the channel of that name; without it, the scripts publish nothing
+-- and the events cost one GET per call.
+local function listen(key)
+  local how = redis.call('GET', key)
+  if not how then
+    return false
+  end
+  return { key = key, how = how, list = {} }
+end
+
+-- The state a job shows: a queued job that is not due yet is scheduled.
+local function shown_state(rec, now)
+  if rec[STATE] == 'queued' and rec[RUN_AT] > now then
+    return 'scheduled'
+  end
+  return rec[STATE]
+end
+
+-- Note one event (wire.py reads these fields); a no-op when nobody listens.
+local function note(ev, kind, id, rec, now, progress)
+  if ev then
+    ev.list[#ev.list + 1] = {
+      event = kind, id = id, state = shown_state(rec, now), attempt = rec[ATTEMPTS], at = now,
+      progress = progress,
+    }
+  end
+end
+
+local function publish(ev)
+  if ev and #ev.list > 0 then
+    local command = 'PUBLISH'
+    if ev.how == 's' then
+      command = 'SPUBLISH'
+    end
+    -- pcall: a publish refused (say, an ACL user without channel rights) must not fail the
+    -- transition it reports; listeners then wait, and poll nothing, until their timeout.
+    redis.pcall(command, ev.key, cjson.encode(ev.list))
+  end
 end

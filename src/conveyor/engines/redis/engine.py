@@ -8,6 +8,9 @@ An idle worker blocks in BLPOP on its queues' wake lists (on a connection of its
 enqueues and retries push to: a new job starts within a millisecond or so, with no polling.
 The block is bounded by the next scheduled job or lease expiry, so delayed jobs and expired
 leases come due on time.
+
+Job events (:meth:`RedisEngine.subscribe`, which ``Job.result()`` waits on) travel over
+pub/sub, published by the scripts only while someone listens; see ``events.py``.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Callable, Coroutine, Sequence
+import random
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry as RedisRetry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -31,10 +36,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from conveyor.clock import Clock
 from conveyor.engines.redis import options as url_options
 from conveyor.engines.redis import wire
+from conveyor.engines.redis.events import EventHub
 from conveyor.engines.redis.keys import QueueKeys, queues_key
 from conveyor.engines.redis.scripts import Call, Client, ScriptRunner, scripts
 from conveyor.errors import ConfigurationError, EngineUnavailable
 from conveyor.records import (
+    JobEvent,
     JobRecord,
     Lease,
     NewJob,
@@ -62,6 +69,8 @@ WAIT_GRACE = 5.0
 MIN_BLOCK = 0.001
 #: Pause after a failed wait, so an outage does not become a busy loop.
 WAIT_ERROR_PAUSE = 0.5
+#: First server version with sharded pub/sub (SPUBLISH), which events use on a cluster.
+SHARDED_PUBSUB_VERSION = 7
 
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ClusterError, RedisClusterException)
 
@@ -112,6 +121,9 @@ class RedisEngine:
         self._keys: dict[str, QueueKeys] = {}
         self._known_queues: set[str] = set()
         self._next_first_queue = 0
+        self._hub: EventHub | None = None
+        #: Events over sharded pub/sub (a cluster of Redis 7 or later); set by connect().
+        self._sharded_events = False
 
     @classmethod
     def from_url(cls, url: str, clock: Clock) -> RedisEngine:
@@ -124,13 +136,7 @@ class RedisEngine:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _make_client(self, *, blocking: bool) -> Client:
-        kwargs: dict[str, Any] = {
-            "socket_timeout": url_options.DEFAULT_SOCKET_TIMEOUT,
-            "socket_connect_timeout": url_options.DEFAULT_CONNECT_TIMEOUT,
-            "socket_keepalive": True,
-            "retry": RedisRetry(ExponentialBackoff(cap=RETRY_CAP, base=RETRY_BASE), RETRIES),
-            **self.options.connection,
-        }
+        kwargs = self._client_options()
         if blocking:
             # BLPOP may wait longer than any sensible command timeout; wait() bounds it.
             # Without a socket timeout redis-py also sends without asyncio.wait_for, which
@@ -140,6 +146,32 @@ class RedisEngine:
         if self.options.cluster:
             return RedisCluster.from_url(self.options.redis_url, **kwargs)
         return Redis.from_url(self.options.redis_url, **kwargs)
+
+    def _client_options(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": url_options.DEFAULT_SOCKET_TIMEOUT,
+            "socket_connect_timeout": url_options.DEFAULT_CONNECT_TIMEOUT,
+            "socket_keepalive": True,
+            "retry": RedisRetry(ExponentialBackoff(cap=RETRY_CAP, base=RETRY_BASE), RETRIES),
+            **self.options.connection,
+        }
+
+    def _pubsub_client(self, node: str | None) -> Redis:
+        """A client for the event hub's pub/sub: to ``node`` (``"host:port"`` of a cluster
+        node), or to the server (any primary of a cluster). Without retries of its own: the
+        hub reconnects, and must learn that it did, to tell its subscribers."""
+        kwargs = self._client_options()
+        kwargs["retry"] = RedisRetry(NoBackoff(), 0)
+        url = self.options.redis_url
+        if node is None and isinstance(self._client, RedisCluster):
+            primary = random.choice(self._client.get_primaries())
+            node = f"{primary.host}:{primary.port}"
+        if node is not None:
+            parts = urlsplit(url)
+            credentials = parts.netloc.rpartition("@")[0]
+            netloc = f"{credentials}@{node}" if credentials else node
+            url = parts._replace(netloc=netloc).geturl()
+        return Redis.from_url(url, **kwargs)
 
     def _k(self, queue: str) -> QueueKeys:
         keys = self._keys.get(queue)
@@ -174,6 +206,8 @@ class RedisEngine:
             await self._check_eviction_policy(client)
             runner = ScriptRunner(client)
             await runner.load()
+            if isinstance(client, RedisCluster):
+                self._sharded_events = await _major_version(client) >= SHARDED_PUBSUB_VERSION
         except BaseException as exc:
             await client.aclose()
             await blocking.aclose()
@@ -221,7 +255,10 @@ class RedisEngine:
             )
 
     async def close(self) -> None:
-        """Close both connection pools."""
+        """Close both connection pools and the event subscriptions."""
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            await hub.close()
         client, blocking = self._client, self._blocking
         self._client = self._blocking = self._runner = self._blocking_runner = None
         for c in (client, blocking):
@@ -243,7 +280,7 @@ class RedisEngine:
         spans: list[list[int]] = []
         for queue, indexes in by_queue.items():
             k = self._k(queue)
-            keys = (k.jobs, k.ready, k.sched, k.seq, k.wake)
+            keys = (k.jobs, k.ready, k.sched, k.seq, k.wake, k.events)
             for start in range(0, len(indexes), BATCH_PER_CALL):
                 span = indexes[start : start + BATCH_PER_CALL]
                 args: list[Any] = [now]
@@ -400,8 +437,10 @@ class RedisEngine:
         """Store progress and/or append a log line, if the lease is still held."""
         line = "" if log is None else json.dumps({"at": self.clock.now(), "message": log})
         k = self._k(lease.queue)
-        args = (lease.job_id, lease.token, "" if progress is None else progress, line)
-        return bool(await self._run.run(self._scripts["report"], (k.jobs, k.logs), args) == 1)
+        now = self.clock.now()
+        args = (lease.job_id, lease.token, "" if progress is None else progress, line, now)
+        keys = (k.jobs, k.logs, k.events)
+        return bool(await self._run.run(self._scripts["report"], keys, args) == 1)
 
     @_unavailable
     async def get(self, queue: str, job_id: str) -> JobRecord | None:
@@ -453,7 +492,7 @@ class RedisEngine:
         if not job_ids:
             return 0
         k = self._k(queue)
-        keys = (k.jobs, k.ready, k.dead, k.wake)
+        keys = (k.jobs, k.ready, k.dead, k.wake, k.events)
         return int(
             await self._run.run(self._scripts["redrive"], keys, (self.clock.now(), *job_ids))
         )
@@ -489,6 +528,37 @@ class RedisEngine:
         k = self._k(queue)
         keys = (k.paused, k.ready, k.wake)
         await self._run.run(self._scripts["pause"], keys, ("1" if paused else "0",))
+
+    # -- EventSource ------------------------------------------------------------------------
+
+    def subscribe(
+        self, queues: Sequence[str], job_id: str | None = None
+    ) -> AsyncGenerator[JobEvent, None]:
+        """Job events of ``queues`` (or of one job), pushed over pub/sub; see
+        :meth:`conveyor.engines.base.EventSource.subscribe` and ``events.py``."""
+        if self._client is None:
+            raise RuntimeError("RedisEngine used before connect()")
+        if self._hub is None:
+            self._hub = EventHub(
+                self._client, self._k, self._pubsub_client, sharded=self._sharded_events
+            )
+        return self._hub.subscribe(queues, job_id)
+
+
+async def _major_version(client: RedisCluster) -> int:
+    """The major version of a cluster's servers (the lowest, should they differ)."""
+    reply = await client.info("server")
+    found = [int(str(v).split(".")[0]) for v in _find(reply, "redis_version")]
+    return min(found, default=0)
+
+
+def _find(reply: Any, name: str) -> list[Any]:
+    """Values of ``name`` in an INFO reply: a dict, or one dict per node."""
+    if not isinstance(reply, dict):
+        return []
+    if name in reply:
+        return [reply[name]]
+    return [v for value in reply.values() for v in _find(value, name)]
 
 
 def _policies(reply: Any) -> list[str]:

@@ -1,8 +1,9 @@
 -- Store new jobs of one queue; a job whose id exists already (in any state) is left alone.
--- KEYS: jobs, ready, sched, seq, wake
+-- KEYS: jobs, ready, sched, seq, wake, events
 -- ARGV: now, then 8 per job: id, task, payload, priority, run_at, created_at, options, redriven
 -- Returns one 1 (stored) or 0 (duplicate) per job.
 local jobs, ready, sched, seq, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ev = listen(KEYS[6])
 local now = tonumber(ARGV[1])
 local n = (#ARGV - 1) / 8
 local first_seq = redis.call('INCRBY', seq, n) - n
@@ -25,8 +26,10 @@ for i = 0, n - 1 do
       later = 1
     end
     out[i + 1] = 1
+    note(ev, 'enqueued', id, rec, now)
   end
 end
 -- A scheduled job wakes one waiter too, so it re-reads the next due time.
 wake(wake_key, due + later)
+publish(ev)
 return out

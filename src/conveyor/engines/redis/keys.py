@@ -24,6 +24,8 @@ class QueueKeys:
     paused: str
     wake: str
     seq: str
+    #: Both a key (present while someone listens) and the pub/sub channel of job events.
+    events: str
 
     @classmethod
     def build(cls, prefix: str, queue: str) -> QueueKeys:
@@ -34,7 +36,7 @@ class QueueKeys:
         """
         base = f"{prefix}:{{{queue}}}:"
         names = ("jobs", "fail", "logs", "ready", "sched", "active", "done", "donet", "dead")
-        more = ("paused", "wake", "seq")
+        more = ("paused", "wake", "seq", "events")
         return cls(queue, *(base + n for n in names + more))
 
     @cached_property
@@ -49,6 +51,7 @@ class QueueKeys:
             self.active,
             self.paused,
             self.wake,
+            self.events,
         )
 
     @cached_property
@@ -65,6 +68,7 @@ class QueueKeys:
             self.donet,
             self.dead,
             self.wake,
+            self.events,
         )
 
     @cached_property
@@ -97,6 +101,7 @@ class QueueKeys:
             self.paused,
             self.wake,
             self.seq,
+            self.events,
         )
 
 

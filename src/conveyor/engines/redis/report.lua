@@ -1,6 +1,6 @@
 -- Store a running job's progress and/or append a log line, if the lease is still held.
--- KEYS: jobs, logs
--- ARGV: id, token, progress ('' = unchanged), log line JSON ('' = none)
+-- KEYS: jobs, logs, events
+-- ARGV: id, token, progress ('' = unchanged), log line JSON ('' = none), now
 -- Returns 1, or 0 when the lease was lost.
 local jobs, logs = KEYS[1], KEYS[2]
 local id, token, progress, line = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -11,6 +11,9 @@ end
 if progress ~= '' then
   rec[PROGRESS] = tonumber(progress)
   save_job(jobs, id, rec)
+  local ev = listen(KEYS[3])
+  note(ev, 'progress', id, rec, tonumber(ARGV[5]), rec[PROGRESS])
+  publish(ev)
 end
 if line ~= '' then
   append_json(logs, id, line)

@@ -3,7 +3,7 @@
 -- token changes nothing, and so does a second settlement of one lease. Only this very call
 -- replayed (redis-py resends a command whose reply a dropped connection lost) answers 1
 -- again, recognised by its random call id, instead of reporting a lost lease.
--- KEYS: jobs, fail, logs, ready, sched, active, done, donet, dead, wake
+-- KEYS: jobs, fail, logs, ready, sched, active, done, donet, dead, wake, events
 -- ARGV: now, call id, then 5 per settlement: kind, id, token, a, b
 --   kind c: complete, a = result    n: complete with no result    f: complete and delete
 --        r: retry, a = run_at, b = attempt JSON    d: dead-letter, b = attempt JSON
@@ -12,6 +12,9 @@
 local jobs, fail, logs, ready, sched = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local active, done, donet, dead, wake_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local now, call = tonumber(ARGV[1]), ARGV[2]
+local ev = listen(KEYS[11])
+local events = { c = 'completed', n = 'completed', f = 'completed', r = 'failed', d = 'dead',
+  l = 'released' }
 local out, woken = {}, 0
 -- Jobs settled by this execution: a second settlement of one of them in the same batch is
 -- a duplicate, not a replay.
@@ -29,6 +32,7 @@ for i = 0, (#ARGV - 2) / 5 - 1 do
       redis.call('HDEL', jobs, id)
       redis.call('HDEL', fail, id)
       redis.call('HDEL', logs, id)
+      rec[STATE] = 'completed'
     else
       rec[TOKEN] = false
       rec[EXPIRES_AT] = false
@@ -62,10 +66,12 @@ for i = 0, (#ARGV - 2) / 5 - 1 do
       end
       save_job(jobs, id, rec)
     end
+    note(ev, events[kind], id, rec, now)
   elseif rec and rec[SETTLED] == call .. token and not settled_here[id] then
     ok = 1
   end
   out[i + 1] = ok
 end
 wake(wake_key, woken)
+publish(ev)
 return out

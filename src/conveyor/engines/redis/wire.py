@@ -1,15 +1,19 @@
 """The wire format between engine.py and the Lua scripts: settlement arguments in, job rows
-out. Kept apart so the engine reads as the Engine protocol and nothing else."""
+and published events out. Kept apart so the engine reads as the Engine protocol and nothing
+else."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from conveyor.records import (
     Complete,
     DeadLetter,
+    EventKind,
+    JobEvent,
     JobRecord,
     Lease,
     Release,
@@ -19,6 +23,8 @@ from conveyor.records import (
     load_failures,
     load_logs,
 )
+
+log = logging.getLogger("conveyor.engines.redis")
 
 _STATES = {
     b"queued": State.QUEUED,
@@ -89,3 +95,32 @@ def record(queue: str, row: list[Any], now: float) -> JobRecord:
         None if expires is None else float(expires),
         row[16].decode(),
     )
+
+
+def events(queue: str, data: bytes) -> list[JobEvent]:
+    """The events of one message the scripts published (``note`` in _lib.lua): a JSON array
+    of ``{event, id, state, attempt, at, progress?}``. An item this version cannot read (a
+    newer script's) is skipped, never allowed to stop the stream."""
+    out: list[JobEvent] = []
+    try:
+        items = json.loads(data)
+    except ValueError:
+        log.warning("ignoring an unreadable job event message on queue %r: %r", queue, data[:200])
+        return out
+    for item in items if isinstance(items, list) else ():
+        try:
+            progress = item.get("progress")
+            out.append(
+                JobEvent(
+                    EventKind(item["event"]),
+                    queue,
+                    str(item["id"]),
+                    State(item["state"]),
+                    int(item["attempt"]),
+                    None if progress is None else float(progress),
+                    float(item["at"]),
+                )
+            )
+        except (KeyError, ValueError, TypeError, AttributeError):
+            log.warning("ignoring an unreadable job event on queue %r: %r", queue, item)
+    return out
