@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from conveyor.alerts import Alerts
@@ -13,11 +14,11 @@ from conveyor.backoff import Backoff
 from conveyor.clock import Clock, SystemClock
 from conveyor.codec import DEFAULT_MAX_PAYLOAD_BYTES
 from conveyor.engines import open_engine, redact, resolve_url
-from conveyor.engines.base import Engine
+from conveyor.engines.base import Engine, EventSource
 from conveyor.errors import ConfigurationError, UnknownTask
 from conveyor.job import Job
 from conveyor.middleware import Middleware
-from conveyor.records import QueueStats
+from conveyor.records import JobEvent, QueueStats
 from conveyor.signing import Signing
 from conveyor.task import DEFAULT_QUEUE, Executor, Hook, Keep, Task, TaskOptions
 
@@ -233,6 +234,32 @@ class App:
     async def stats(self) -> list[QueueStats]:
         """Counts of every queue, with DLQ depth and oldest dead job's time."""
         return await (await self.engine()).stats()
+
+    async def events(self, queues: Sequence[str] | None = None) -> AsyncIterator[JobEvent]:
+        """Job events of ``queues`` (default: every queue of the app's tasks) as they happen::
+
+            async for event in app.events(["images"]):
+                print(event.kind, event.job_id, event.state)
+
+        Each queue's stream starts with a ``subscribed`` event, and repeats it after a gap
+        (a reconnect, or a consumer too slow to keep up): events may be missing before it,
+        so re-read what you show. Needs an engine that pushes events (Redis); on others
+        this raises :class:`conveyor.ConfigurationError` on the first iteration, since
+        computing events by polling would mean re-reading every job again and again.
+        """
+        names = list(queues) if queues is not None else self.queues
+        if not names:
+            raise ValueError("events() needs queues: register tasks or pass queues=[...]")
+        engine = await self.engine()
+        if not isinstance(engine, EventSource):
+            raise ConfigurationError(
+                f"the engine at {redact(self.url)!r} has no event stream, so App.events() "
+                "cannot follow jobs there; use a Redis URL, or poll app.stats() and "
+                "app.get_job() instead (job.result() works everywhere: it polls)"
+            )
+        async with contextlib.aclosing(engine.subscribe(names)) as stream:
+            async for event in stream:
+                yield event
 
     async def get_job(self, queue: str, job_id: str) -> Job[Any]:
         """Load one job; raises :class:`conveyor.JobNotFound`."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from conveyor.errors import JobFailed, JobNotFound
-from conveyor.records import Attempt, JobRecord, LogLine, Outcome, State
+from conveyor.engines.base import Engine, EventSource
+from conveyor.errors import EngineUnavailable, JobFailed, JobNotFound
+from conveyor.records import Attempt, EventKind, JobRecord, LogLine, Outcome, State
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -19,6 +21,8 @@ Reporter = Callable[[float | None, str | None], Awaitable[None]]
 #: The same, for a job running in a child process with no event loop.
 SyncReporter = Callable[[float | None, str | None], None]
 
+#: ``Job.result()`` on an engine without an event stream polls, backing off between reads
+#: from the first delay to the second.
 RESULT_POLL_START = 0.005
 RESULT_POLL_MAX = 0.25
 
@@ -134,8 +138,7 @@ class Job(Generic[T]):
         record = await engine.get(self.queue, self.id)
         if record is None:
             raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
-        self.record = record
-        self.task = record.task
+        self._loaded(record)
         return self
 
     def refresh_sync(self) -> Job[T]:
@@ -145,25 +148,66 @@ class Job(Generic[T]):
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the job to finish and return its result.
 
-        Raises :class:`conveyor.JobFailed` if it ended in the dead-letter queue and
-        ``TimeoutError`` if ``timeout`` seconds pass first.
+        Raises :class:`conveyor.JobFailed` if it ended in the dead-letter queue,
+        :class:`conveyor.JobNotFound` if it does not exist (or completed without keeping its
+        result) and ``TimeoutError`` if ``timeout`` seconds pass first.
+
+        On an engine with an event stream (Redis) this waits for the job's own event and
+        reads the job twice: once when listening starts, once when it finishes (and once
+        more after each reconnect). Elsewhere it polls, backing off to
+        ``RESULT_POLL_MAX`` seconds between reads.
         """
+        engine = await self.app.engine()
         async with asyncio.timeout(timeout):
-            delay = RESULT_POLL_START
-            while True:
-                await self.refresh()
-                record = self._rec()
-                if record.state is State.COMPLETED:
-                    return self.app.get_task(self.task).codec.decode_result(record.result)
-                if record.state is State.DEAD:
-                    last = record.failures[-1] if record.failures else None
-                    reason = f"{last.error_type}: {last.message}" if last else "unknown reason"
-                    raise JobFailed(
-                        f"job {self.id} in queue {self.queue!r} is dead after "
-                        f"{record.attempts} attempt(s): {reason}"
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RESULT_POLL_MAX)
+            if isinstance(engine, EventSource):
+                record = await self._finished_by_events(engine, events=engine)
+            else:
+                record = await self._finished_by_polling(engine)
+        if record.state is State.DEAD:
+            last = record.failures[-1] if record.failures else None
+            reason = f"{last.error_type}: {last.message}" if last else "unknown reason"
+            raise JobFailed(
+                f"job {self.id} in queue {self.queue!r} is dead after "
+                f"{record.attempts} attempt(s): {reason}"
+            )
+        return self.app.get_task(self.task).codec.decode_result(record.result)
+
+    async def _finished_by_events(self, engine: Engine, *, events: EventSource) -> JobRecord:
+        """Subscribe first, then read: a finish before the read shows in the record, one
+        after it arrives as an event. ``subscribed`` (start, or after a reconnect) and this
+        job's finishing events are the only reasons to read."""
+        async with contextlib.aclosing(events.subscribe([self.queue], self.id)) as stream:
+            async for event in stream:
+                if event.kind is not EventKind.SUBSCRIBED and not event.finished:
+                    continue
+                record = await engine.get(self.queue, self.id)
+                if record is None:
+                    if event.kind is EventKind.COMPLETED:
+                        raise JobNotFound(
+                            f"job {self.id} in queue {self.queue!r} completed, but its result "
+                            "was not kept (keep_completed=Keep(count=0), or trimmed since)"
+                        )
+                    raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
+                self._loaded(record)
+                if record.state in (State.COMPLETED, State.DEAD):
+                    return record
+        raise EngineUnavailable(f"the engine's event stream ended while job {self.id} was awaited")
+
+    async def _finished_by_polling(self, engine: Engine) -> JobRecord:
+        delay = RESULT_POLL_START
+        while True:
+            record = await engine.get(self.queue, self.id)
+            if record is None:
+                raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
+            self._loaded(record)
+            if record.state in (State.COMPLETED, State.DEAD):
+                return record
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESULT_POLL_MAX)
+
+    def _loaded(self, record: JobRecord) -> None:
+        self.record = record
+        self.task = record.task
 
     def result_sync(self, timeout: float | None = None) -> Any:
         """:meth:`result` for synchronous code."""
