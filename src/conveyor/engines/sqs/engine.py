@@ -103,6 +103,7 @@ class SQSEngine:
         self._next_due: dict[str, float] = {}
         self._swept_at: dict[str, float] = {}
         self._groups: dict[str, tuple[str, str]] = {}
+        self._settling: set[str] = set()
         self._external: ExternalBatch | None = None
         self._tender: asyncio.Task[None] | None = None
         self._connected = False
@@ -311,18 +312,26 @@ class SQSEngine:
         """Heartbeat: push lease expiries (table) and visibility timeouts (SQS, batched)."""
         if not leases:
             return []
-        alive = await self.mode.extend(leases, lease_seconds)
-        for lease, ok in zip(leases, alive, strict=True):
+        # A lease this engine is settling right now is not lost: its settlement (a few
+        # round trips here, not one local transaction) is on its way.
+        live = [lease for lease in leases if lease.token not in self._settling]
+        alive = dict(zip(live, await self.mode.extend(live, lease_seconds), strict=True))
+        for lease, ok in alive.items():
             if not ok:
                 await self._release_group(lease.token, give_back=True)
-        return alive
+        return [alive.get(lease, True) for lease in leases]
 
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Apply settlements: state first, then the messages (deletes and visibility changes
         batched 10 per request)."""
         if not settlements:
             return []
-        results = await self.mode.settle(settlements)
+        tokens = {s.lease.token for s in settlements}
+        self._settling |= tokens
+        try:
+            results = await self.mode.settle(settlements)
+        finally:
+            self._settling -= tokens
         for s in settlements:
             # After a retry or release of a FIFO head, the rest of its group must wait for it.
             await self._release_group(s.lease.token, give_back=isinstance(s, Retry | Release))

@@ -378,7 +378,6 @@ class TrackedMode:
         whether a message was re-sent (so a receive should follow)."""
         host = self.host
         now, real = host.clock.now(), time.time()
-        actions = host.new_actions()
         leased: list[Item] = []
         resent = False
         for queue in queues:
@@ -393,19 +392,18 @@ class TrackedMode:
                     left.append(due)
                 elif expired or entry.get("rt") is not None:
                     item = await self._take(entry, lease_seconds, worker, now, real, expired)
-                    if item is None:
-                        left.append(due)
-                    else:
+                    if isinstance(item, dict):
                         leased.append(item)
+                    elif item == "raced":
+                        left.append(due)
+                    # "gone": its message is not in flight any more; a receive or the DLQ
+                    # check deals with it, and only the next regular sweep looks again.
                 elif float(entry.get("vis", 0.0)) > real + VISIBILITY_TOLERANCE:
                     resent |= await self._republish(queue, entry)
                 else:
                     left.append(due)  # its message is receivable: a receive will get it
             full = len(active) == SWEEP_BATCH or len(parked) == SWEEP_BATCH
             host.swept(queue, now if full else min(left, default=math.inf))
-        for item in leased:
-            actions.hold(str(item["q"]), item.get("rh"), lease_seconds)
-        await actions.flush()
         return await self._records(leased, now), resent
 
     async def _take(
@@ -416,19 +414,34 @@ class TrackedMode:
         now: float,
         real: float,
         expired: bool,
-    ) -> Item | None:
-        """Lease a job through the receipt its item keeps (no receive needed)."""
+    ) -> Item | str:
+        """Lease a job through the receipt its item keeps (no receive needed): hide the
+        message for the lease first, so only a message still in flight with that receipt is
+        taken; one SQS showed again is left to a receive, which counts toward
+        maxReceiveCount (the crash-loop safety net) as it should.
+
+        Returns the leased item, ``"gone"`` (the message is not in flight with the receipt
+        any more) or ``"raced"`` (the item changed meanwhile)."""
+        item = await self.table.get(str(entry["k"]))
+        if item is None or not item.get("rh") or item.get("msg") != entry.get("msg"):
+            return "raced"
+        queue = str(item["q"])
+        (code,) = await self.host.queues.change_visibility(
+            queue, [(str(item["rh"]), lease_seconds)]
+        )
+        if code is not None:
+            await self.adopt_dead(queue)  # SQS may have moved it to the DLQ (crash loop)
+            return "gone"
         condition = (
             "#state = :active AND #lexp <= :now"
             if expired
-            else "#state = :queued AND #run_at <= :now AND #msg = :msg AND attribute_exists(#rh)"
+            else "#state = :queued AND #run_at <= :now AND #msg = :msg"
         )
-        base = str(entry["k"]).split("/", 1)[0]
-        ok, item = await self.table.update(
+        ok, taken = await self.table.update(
             str(entry["k"]),
             "SET #state = :active, #tok = :tok, #lexp = :exp, #attempts = #attempts + :one, "
             "#started = :now, #wk = :wk, #vis = :vis, #gs = :gs, #gt = :exp",
-            condition,
+            condition + " AND #rh = :rh",
             {
                 ":active": "active",
                 ":queued": "queued",
@@ -438,11 +451,12 @@ class TrackedMode:
                 ":now": now,
                 ":wk": worker,
                 ":vis": real + lease_seconds,
-                ":gs": f"{base}|{ACTIVE}",
+                ":gs": self.gs(queue, ACTIVE),
                 ":msg": entry.get("msg"),
+                ":rh": item["rh"],
             },
         )
-        return item if ok else None
+        return taken if ok and taken is not None else "raced"
 
     async def _republish(self, queue: str, entry: Item) -> bool:
         """The job is due but its message sits in SQS's delay: send a replacement now."""
@@ -714,13 +728,11 @@ class TrackedMode:
         item = await self.table.get(self.key(queue, job_id))
         if item is None:
             return None
-        # A job whose message should have shown again long ago may have been moved to the
-        # DLQ by SQS's redrive policy: a crash loop.
-        overdue = float(item.get("vis", 0.0)) < time.time() - host.options.commit_grace
+        # A running job whose lease ran out and whose message SQS should show again by now
+        # may sit in the DLQ, moved there by the redrive policy (a crash loop): check.
+        overdue = float(item.get("vis", 0.0)) < time.time()
         expired = float(item.get("lexp", 0.0)) <= host.clock.now()
-        stuck = overdue and (
-            (item.get("state") == "active" and expired) or str(item.get("gs", "")).endswith(PARKED)
-        )
+        stuck = overdue and item.get("state") == "active" and expired
         if stuck and await self.adopt_dead(queue):
             # Its message may have gone to the DLQ on its own (maxReceiveCount): look again.
             item = await self.table.get(self.key(queue, job_id)) or item
