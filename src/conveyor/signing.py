@@ -55,7 +55,8 @@ class Signing:
         if kid not in self.keys:
             raise SignatureInvalid(f"the job is signed with unknown key id {kid!r}")
         expected = self._mac(kid, record.queue, record.id, record.task, record.payload)
-        if not hmac.compare_digest(expected, str(sig["mac"])):
+        # As bytes: compare_digest raises TypeError on str with non-ASCII characters.
+        if not hmac.compare_digest(expected.encode(), str(sig["mac"]).encode()):
             raise SignatureInvalid("the job's signature does not match: it was altered")
 
     def _mac(self, kid: str, queue: str, job_id: str, task: str, payload: bytes) -> str:

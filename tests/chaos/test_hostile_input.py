@@ -96,3 +96,31 @@ def test_a_worker_dead_letters_an_undecodable_stored_payload_once(payload: bytes
 
     with tempfile.TemporaryDirectory() as d:
         asyncio.run(run(f"{d}/q.db"))
+
+
+def test_a_signature_with_non_ascii_characters_is_dead_lettered_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    """Found by atheris (chaos/fuzz_decode.py): hmac.compare_digest raises TypeError on
+    non-ASCII str, which escaped as an "unexpected error", so the job was never settled and
+    came back after every lease expiry, for ever."""
+    signing = conveyor.Signing({"k1": "0123456789abcdef0123456789abcdef"}, current="k1")
+
+    async def run() -> None:
+        app = conveyor.App(f"sqlite:///{tmp_path / 'q.db'}", signing=signing)
+        app.tasks[tasks.typed.name] = tasks.typed
+        try:
+            engine = await app.engine()
+            job = tasks.typed.build(tasks.Typed(n=1, name="x"), job_id="forged")
+            job.options["sig"] = {"kid": "k1", "mac": "\u00e9" * 64}
+            await engine.enqueue([job])
+            worker = conveyor.Worker(app, queues=["hostile"], burst=True, idle_wait=0.01)
+            counts = await worker.run()
+            record = await engine.get("hostile", "forged")
+            assert record is not None and record.state is State.DEAD and counts.dead == 1
+            [failure] = record.failures
+            assert failure.error_type == "SignatureInvalid" and "altered" in failure.message
+        finally:
+            await app.close()
+
+    asyncio.run(run())
