@@ -129,6 +129,17 @@ async def _pending(app: conveyor.App) -> int:
     return await pending(app, "cpu")
 
 
+#: A payload ``chaos.typed`` accepts, for jobs whose options are the hostile part.
+VALID = b'{"n": 1, "name": "valid"}'
+#: Per-job overrides no worker can use.
+HOSTILE_OPTIONS: list[dict[str, Any]] = [
+    {"retries": "x"},
+    {"timeout": -1},
+    {"timeout": "1"},
+    {"backoff": {"kind": 5}},
+]
+
+
 def pickle_bait(marker: Path) -> list[bytes]:
     """Two pickles (protocols 0 and 2, written by hand: no pickle import) that would run
     ``touch marker`` if anything ever unpickled them."""
@@ -177,6 +188,10 @@ async def hostile_run(target: Target, directory: Path, seed: int, full: bool) ->
             bad.add(job_id)
         raw.append(NewJob("hostile", f"h-unknown-task-{r}", "no.such.task", b"{}", 0, now, now))
         bad.add(f"h-unknown-task-{r}")
+        for i, options in enumerate(HOSTILE_OPTIONS):  # a valid payload, unusable overrides
+            job_id = f"h-options-{i}-{r}"
+            raw.append(NewJob("hostile", job_id, "chaos.typed", VALID, 0, now, now, options))
+            bad.add(job_id)
         for n in range(10):
             raw.append(tasks.typed.build(tasks.Typed(n=n, name="ok"), job_id=f"ok-{r}-{n}"))
     app = conveyor.App(target.url)
@@ -211,6 +226,7 @@ async def hostile_run(target: Target, directory: Path, seed: int, full: bool) ->
             and r.attempts == 1
             and len(r.failures) == 1
             and r.failures[0].outcome in (Outcome.INVALID, Outcome.UNKNOWN_TASK)
+            and r.failures[0].error_type in ("PayloadInvalid", "UnknownTask", "OptionsInvalid")
             and bool(r.failures[0].message)
             and dead_events.get(job_id) == 1
         )
@@ -238,17 +254,25 @@ async def hostile_run(target: Target, directory: Path, seed: int, full: bool) ->
 
 
 def _raw_sqlite_rows(path: Path, now: float) -> set[str]:
-    """Rows whose payload column holds TEXT or an INTEGER instead of a BLOB."""
+    """Rows whose payload column holds TEXT or a number instead of a BLOB, and rows whose
+    options column is not a JSON object."""
+    rows: list[tuple[str, Any, str]] = [
+        ("h-sql-text", '{"n": "x"', "{}"),
+        ("h-sql-integer", 42, "{}"),
+        ("h-sql-real", 1.5, "{}"),
+        ("h-sql-options-corrupt", VALID, "{corrupt"),
+        ("h-sql-options-array", VALID, "[1, 2]"),
+        ("h-sql-options-blob", VALID, "\x00\xff"),
+    ]
     db = sqlite3.connect(str(path))
     try:
-        rows = [("h-sql-text", '{"n": "x"'), ("h-sql-integer", 42), ("h-sql-real", 1.5)]
-        for job_id, payload in rows:
+        for job_id, payload, options in rows:
             db.execute(
-                "INSERT INTO jobs (queue, id, task, payload, state, run_at, created_at) "
-                "VALUES ('hostile', ?, 'chaos.typed', ?, 'queued', ?, ?)",
-                (job_id, payload, now, now),
+                "INSERT INTO jobs (queue, id, task, payload, state, run_at, created_at, options) "
+                "VALUES ('hostile', ?, 'chaos.typed', ?, 'queued', ?, ?, ?)",
+                (job_id, payload, now, now, options),
             )
         db.commit()
     finally:
         db.close()
-    return {job_id for job_id, _ in rows}
+    return {job_id for job_id, _, _ in rows}

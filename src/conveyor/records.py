@@ -73,6 +73,11 @@ class LogLine:
     message: str
 
 
+#: Put in ``JobRecord.options`` by an engine when a job's stored options cannot be decoded
+#: (a corrupted or hand-written row); the worker dead-letters the job with this reason.
+UNREADABLE_OPTIONS = "unreadable_options"
+
+
 @dataclass
 class JobRecord:
     """Everything an engine stores about one job."""

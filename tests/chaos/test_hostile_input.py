@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,69 @@ def test_a_signature_with_non_ascii_characters_is_dead_lettered_not_a_crash(
             assert record is not None and record.state is State.DEAD and counts.dead == 1
             [failure] = record.failures
             assert failure.error_type == "SignatureInvalid" and "altered" in failure.message
+        finally:
+            await app.close()
+
+    asyncio.run(run())
+
+
+def test_a_corrupted_options_column_dead_letters_one_job_and_the_queue_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Found by the chaos hostile scenario: one row whose options column was not JSON made
+    every reserve that returned it raise, so the whole queue stopped, for ever."""
+
+    async def run() -> None:
+        app = conveyor.App(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=1)
+        app.tasks[tasks.typed.name] = tasks.typed
+        try:
+            engine = await app.engine()
+            payloads = [tasks.Typed(n=i, name="x") for i in range(5)]
+            await engine.enqueue([tasks.typed.build(p, job_id=f"ok-{p.n}") for p in payloads])
+            db = sqlite3.connect(tmp_path / "q.db")
+            db.execute(
+                "INSERT INTO jobs (queue, id, task, payload, state, run_at, created_at, options)"
+                " VALUES ('hostile', 'bad', 'chaos.typed', x'7b7d', 'queued', 0, 0, '{corrupt')"
+            )
+            db.commit()
+            db.close()
+            worker = conveyor.Worker(app, queues=["hostile"], burst=True, idle_wait=0.01)
+            counts = await asyncio.wait_for(worker.run(), 30)
+            assert (counts.completed, counts.dead) == (5, 1)
+            record = await engine.get("hostile", "bad")
+            assert record is not None and record.state is State.DEAD
+            assert record.failures[0].error_type == "OptionsInvalid"
+            assert "not JSON" in record.failures[0].message
+        finally:
+            await app.close()
+
+    asyncio.run(run())
+
+
+def test_unusable_stored_options_dead_letter_the_job_with_the_reason(tmp_path: Path) -> None:
+    """Found by the chaos hostile scenario: stored overrides the worker could not use
+    (``{"retries": "x"}``, a negative timeout, an unknown backoff kind) raised outside every
+    handler, so the job was never settled and came back after each lease expiry, for ever."""
+    bad = [{"retries": "x"}, {"timeout": -1}, {"timeout": "1"}, {"backoff": {"kind": 5}}]
+
+    async def run() -> None:
+        app = conveyor.App(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=1)
+        app.tasks[tasks.typed.name] = tasks.typed
+        try:
+            engine = await app.engine()
+            jobs = []
+            for i, options in enumerate(bad):
+                job = tasks.typed.build(tasks.Typed(n=i, name="x"), job_id=f"opt-{i}")
+                job.options.update(options)
+                jobs.append(job)
+            await engine.enqueue(jobs)
+            worker = conveyor.Worker(app, queues=["hostile"], burst=True, idle_wait=0.01)
+            counts = await asyncio.wait_for(worker.run(), 30)
+            assert counts.dead == len(bad)
+            for job in jobs:
+                record = await engine.get("hostile", job.id)
+                assert record is not None and record.state is State.DEAD and record.attempts == 1
+                assert [f.error_type for f in record.failures] == ["OptionsInvalid"]
         finally:
             await app.close()
 

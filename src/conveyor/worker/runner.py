@@ -20,6 +20,7 @@ from conveyor.errors import JobTimeout, PayloadInvalid, Unrecoverable
 from conveyor.job import Job
 from conveyor.middleware import chain
 from conveyor.records import (
+    UNREADABLE_OPTIONS,
     Attempt,
     Complete,
     DeadLetter,
@@ -251,7 +252,7 @@ class Worker:
 
     async def _process(self, record: JobRecord) -> None:
         started = self.app.clock.now()
-        round_ = int(record.options.get("redriven", 0))
+        round_ = _round_of(record)
         try:
             task = self.app.tasks.get(record.task)
             if task is None:
@@ -272,7 +273,19 @@ class Worker:
                         record, started, Outcome.INVALID, "SignatureInvalid", str(exc), task=task
                     )
                     return
-            options = task.effective(record.options)
+            try:
+                options = _options_of(task, record)
+            except Exception as exc:
+                # Deterministic: running it again would fail the same way, for ever.
+                await self._fail_now(
+                    record,
+                    started,
+                    Outcome.INVALID,
+                    "OptionsInvalid",
+                    f"the job's stored options cannot be used: {exc}",
+                    task=task,
+                )
+                return
             if record.attempts > options.max_attempts:
                 await self._fail_now(
                     record,
@@ -448,7 +461,7 @@ class Worker:
             started_at=started,
             ended_at=self.app.clock.now(),
             worker=self.id,
-            round=int(record.options.get("redriven", 0)),
+            round=_round_of(record),
         )
         job: Job[Any] = Job(self.app, record.queue, record.id, task=record.task, record=record)
         await self._after_failure(
@@ -583,6 +596,21 @@ class Worker:
                     await alerts.check_dlq(await engine.stats(), now)
             except Exception:
                 log.exception("worker maintenance failed; will try again")
+
+
+def _round_of(record: JobRecord) -> int:
+    """How many times the job was redriven (0 if its stored count is not a number)."""
+    value = record.options.get("redriven", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _options_of(task: Task[Any], record: JobRecord) -> TaskOptions:
+    """The job's effective options; raises if its stored overrides are unusable."""
+    if UNREADABLE_OPTIONS in record.options:
+        raise ValueError(str(record.options[UNREADABLE_OPTIONS]))
+    options = task.effective(record.options)
+    options.backoff.bounds(1)  # a stored backoff must be able to compute a delay
+    return options
 
 
 def _extra(record: JobRecord) -> dict[str, Any]:
