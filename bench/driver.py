@@ -28,6 +28,8 @@ from bench.common import URL_ENV, Recorder, percentile
 from bench.peers import load
 from bench.peers.base import Adapter
 
+#: Jobs lost (not started within --timeout) after which a latency run gives up.
+LOST_LIMIT = 5
 #: Jobs per call in the bulk measurement.
 BULK_BATCH = 1000
 
@@ -171,6 +173,7 @@ def cmd_worker(adapter: Adapter, args: argparse.Namespace) -> None:
         call(adapter.teardown)
         if _LOOP is not None:
             _LOOP.close()
+            asyncio.set_event_loop(None)  # the worker makes its own loop
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return
@@ -200,6 +203,8 @@ def cmd_latency(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(0.0001)
             if rec.count() <= base:
                 lost += 1
+                if lost >= LOST_LIMIT:
+                    raise SystemExit(f"{lost} jobs never started: is the worker running?")
                 continue
             samples.append(rec.time_of(base) - t0)
             time.sleep(args.gap)  # let the worker go idle again

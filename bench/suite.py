@@ -53,7 +53,7 @@ class Settings:
     port: int = 6390
     reps: int = 3
     drain_jobs: int = 10_000
-    drain_cap: float = 45.0
+    drain_cap: float = 20.0
     single_n: int = 3000
     bulk_n: int = 10_000
     producers: int = 64

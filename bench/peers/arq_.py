@@ -55,8 +55,11 @@ class ArqAdapter(Adapter):
         flush_redis(self.url)
 
     def run_worker(self) -> None:
+        import asyncio
+
         from arq.worker import Worker
 
+        asyncio.set_event_loop(asyncio.new_event_loop())  # arq looks up the current loop
         worker = Worker(
             functions=[noop],
             redis_settings=self.settings,

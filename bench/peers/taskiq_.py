@@ -27,7 +27,9 @@ class TaskiqAdapter(Adapter):
         super().__init__(url)
         from taskiq_redis import RedisStreamBroker
 
-        self.broker = RedisStreamBroker(url=url, queue_name="bench")
+        # consumer_id "0": a new consumer group reads the jobs stored before it was created
+        # (the default "$" would skip the pre-filled queue of the drain measurement).
+        self.broker = RedisStreamBroker(url=url, queue_name="bench", consumer_id="0")
 
         @self.broker.task(task_name="bench.noop")
         async def noop() -> None:
