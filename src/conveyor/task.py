@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import typing
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args, get_origin
@@ -25,6 +27,8 @@ Hook = Callable[..., Any]
 DEFAULT_RETRIES = 3
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_QUEUE = "default"
+#: Most jobs that concurrent ``enqueue`` calls share in one engine round trip.
+MAX_ENQUEUE_BATCH = 1000
 #: 1 s, 2 s, 4 s ... capped at an hour, +-10 % jitter.
 DEFAULT_BACKOFF = Backoff.exponential(1.0, factor=2.0, max=3600.0, jitter=0.1)
 
@@ -110,6 +114,9 @@ class Task(Generic[R]):
         self.completed_hooks: list[Hook] = []
         self.failed_hooks: list[Hook] = []
         self.dead_letter_hooks: list[Hook] = []
+        self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _EnqueueBatcher] = (
+            weakref.WeakKeyDictionary()
+        )
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__module__ = fn.__module__
@@ -162,8 +169,11 @@ class Task(Generic[R]):
         new = self.build(payload, job_id, delay, priority, queue, retries, timeout, backoff)
         for mw in self.app.middleware:
             mw.on_enqueue([new])
-        engine = await self.app.engine()
-        (created,) = await engine.enqueue([new])
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            batcher = self._batchers[loop] = _EnqueueBatcher(self.app)
+        created = await batcher.add(new, loop)
         return self._handle(new, created, payload)
 
     def enqueue_sync(
@@ -277,6 +287,51 @@ class Task(Generic[R]):
             timeout=overrides.get("timeout", self.options.timeout),
             backoff=Backoff.from_json(backoff) if backoff else self.options.backoff,
         )
+
+
+class _EnqueueBatcher:
+    """Coalesces concurrent :meth:`Task.enqueue` calls on one event loop into engine batches.
+
+    A lone caller's job is sent at once (on the next loop iteration); calls made while a batch
+    is in flight go together in the next one. So many coroutines enqueueing at the same time
+    share round trips, as :meth:`Task.enqueue_many` does, without the caller asking for it.
+    """
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._pending: list[tuple[NewJob, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def add(self, job: NewJob, loop: asyncio.AbstractEventLoop) -> bool:
+        """Queue ``job`` for the next batch; returns whether it was stored (not a duplicate)."""
+        future: asyncio.Future[bool] = loop.create_future()
+        self._pending.append((job, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        batch: list[tuple[NewJob, asyncio.Future[bool]]] = []
+        try:
+            while self._pending:
+                batch = self._pending[:MAX_ENQUEUE_BATCH]
+                del self._pending[:MAX_ENQUEUE_BATCH]
+                try:
+                    engine = await self.app.engine()
+                    created = await engine.enqueue([job for job, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), stored in zip(batch, created, strict=True):
+                    if not future.done():
+                        future.set_result(stored)
+        except BaseException:  # cancelled with the loop: no caller may wait forever
+            for _, future in batch + self._pending:
+                future.cancel()
+            self._pending.clear()
+            raise
 
 
 class _NoPayload:
