@@ -251,6 +251,7 @@ async def drain_run(target: Target, directory: Path, seed: int, size: DrainSize)
         if code == -signal.SIGTERM
         and "second signal" not in fleet.err_files[pid].read_text(errors="replace")
     )
+    cancels = sum(1 for e in checker.load(directory).events if e["ev"] == "cancel")
     return checker.check(
         directory,
         records,
@@ -266,6 +267,7 @@ async def drain_run(target: Target, directory: Path, seed: int, size: DrainSize)
             "exits": len(fleet.exits),
             "exit_nonzero": sum(1 for _, c in fleet.exits if c != 0) - late,
             "late_signal_exits": late,
+            "released_unfinished": cancels,
             "worker_crashes": worker_crashes(fleet.stderr_text()),
             "grace": size.grace,
         },
