@@ -7,12 +7,23 @@ import inspect
 import os
 import typing
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    get_args,
+    get_origin,
+    runtime_checkable,
+)
 
 from conveyor.backoff import Backoff
 from conveyor.codec import Codec
+from conveyor.engines import open_engine
 from conveyor.errors import ConfigurationError
 from conveyor.job import Job
 from conveyor.records import NewJob
@@ -188,7 +199,18 @@ class Task(Generic[R]):
         timeout: float | None = None,
         backoff: Backoff | None = None,
     ) -> Job[Any]:
-        """:meth:`enqueue` for synchronous code (Django views, Flask handlers, scripts)."""
+        """:meth:`enqueue` for synchronous code (Django views, Flask handlers, scripts).
+
+        Engines that can store a job from the calling thread (SQLite) do so directly; the
+        others run :meth:`enqueue` on the app's private event loop thread.
+        """
+        blocking = _blocking_engine(self.app)
+        if blocking is not None:
+            new = self.build(payload, job_id, delay, priority, queue, retries, timeout, backoff)
+            for mw in self.app.middleware:
+                mw.on_enqueue([new])
+            (created,) = blocking.enqueue_blocking([new])
+            return self._handle(new, created, payload)
         return self.app.run_sync(
             self.enqueue(
                 payload,
@@ -287,6 +309,42 @@ class Task(Generic[R]):
             timeout=overrides.get("timeout", self.options.timeout),
             backoff=Backoff.from_json(backoff) if backoff else self.options.backoff,
         )
+
+
+@runtime_checkable
+class BlockingEnqueue(Protocol):
+    """An engine that can store jobs from a synchronous caller's own thread, with no event
+    loop and no thread hop (what :meth:`Task.enqueue_sync` uses when it can)."""
+
+    blocking_enqueue: bool
+
+    def enqueue_blocking(self, jobs: Sequence[NewJob]) -> list[bool]:
+        """:meth:`conveyor.engines.base.Engine.enqueue`, blocking the calling thread."""
+        ...
+
+
+#: Per app: its engine's blocking twin (an engine of its own), or None if it has none.
+_blocking_engines: weakref.WeakKeyDictionary[App, BlockingEnqueue | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _blocking_engine(app: App) -> BlockingEnqueue | None:
+    """The app's blocking enqueuer; refuses (like ``run_sync``) inside a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("a *_sync method was called inside an event loop; use await")
+    if app in _blocking_engines:
+        return _blocking_engines[app]
+    engine = open_engine(app.url, app.clock)
+    found = engine if isinstance(engine, BlockingEnqueue) and engine.blocking_enqueue else None
+    _blocking_engines[app] = found
+    if found is not None:
+        weakref.finalize(app, getattr(found, "close_blocking", lambda: None))
+    return found
 
 
 class _EnqueueBatcher:

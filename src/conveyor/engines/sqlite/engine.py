@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -78,6 +79,9 @@ class SQLiteEngine:
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-sqlite")
         self._enqueued = asyncio.Event()
+        self._local = threading.local()
+        self._blocking_lock = threading.Lock()
+        self._blocking_conns: list[sqlite3.Connection] = []
 
     @classmethod
     def from_url(cls, url: str, clock: Clock) -> SQLiteEngine:
@@ -134,6 +138,10 @@ class SQLiteEngine:
     def _open(self) -> None:
         if self._db is not None:
             return
+        self._db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection to the file (created owner-only if missing), schema applied."""
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():
@@ -151,12 +159,20 @@ class SQLiteEngine:
         db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         # executescript commits on its own; every statement in it is idempotent.
         db.executescript(named_sql.script(_PACKAGE, "schema.sql"))
-        self._db = db
+        return db
 
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+        self.close_blocking()
+
+    def close_blocking(self) -> None:
+        """Close the connections opened by :meth:`enqueue_blocking` callers' threads."""
+        with self._blocking_lock:
+            conns, self._blocking_conns = self._blocking_conns, []
+        for db in conns:
+            db.close()
 
     # -- Engine -----------------------------------------------------------------------------
 
@@ -171,27 +187,61 @@ class SQLiteEngine:
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[bool]:
         """Insert jobs in one transaction; existing ``(queue, id)`` pairs are left alone."""
-        sql = self._sql["insert_job"]
-        rows = [
-            {
-                "queue": j.queue,
-                "id": j.id,
-                "task": j.task,
-                "payload": j.payload,
-                "priority": j.priority,
-                "run_at": j.run_at,
-                "created_at": j.created_at,
-                "options": json.dumps(j.options),
-            }
-            for j in jobs
-        ]
-
-        def insert(db: sqlite3.Connection) -> list[bool]:
-            return [db.execute(sql, row).rowcount == 1 for row in rows]
-
-        created: list[bool] = await self._run(self._write, insert)
+        rows = _rows(jobs)
+        created: list[bool] = await self._run(self._write, lambda db: self._insert(db, rows))
         self._enqueued.set()
         return created
+
+    @property
+    def blocking_enqueue(self) -> bool:
+        """Whether :meth:`enqueue_blocking` can be used (not on a private ``:memory:`` db)."""
+        return str(self.path) != ":memory:"
+
+    def enqueue_blocking(self, jobs: Sequence[NewJob]) -> list[bool]:
+        """:meth:`enqueue` for synchronous callers: runs on the calling thread, on a
+        connection of that thread's own, with no event loop and no thread hop.
+
+        Workers in this process notice these jobs by polling, as they notice other processes'.
+        """
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+            with self._blocking_lock:
+                self._blocking_conns.append(db)
+        rows = _rows(jobs)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            out = self._insert(db, rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return out
+
+    def _insert(self, db: sqlite3.Connection, rows: list[dict[str, Any]]) -> list[bool]:
+        """Insert ``rows`` inside the caller's transaction; which of them were new.
+
+        A batch whose ids are all new (the usual case, checked with one query) goes in with
+        ``executemany``; otherwise row by row, so that each duplicate is reported.
+        """
+        sql = self._sql["insert_job"]
+        if len(rows) > 1 and not self._any_exists(db, rows):
+            db.executemany(sql, rows)
+            return [True] * len(rows)
+        return [db.execute(sql, row).rowcount == 1 for row in rows]
+
+    def _any_exists(self, db: sqlite3.Connection, rows: list[dict[str, Any]]) -> bool:
+        """Whether any row's ``(queue, id)`` is stored already or repeats within ``rows``."""
+        by_queue: dict[str, list[str]] = {}
+        for row in rows:
+            by_queue.setdefault(row["queue"], []).append(row["id"])
+        sql = self._sql["any_exists"]
+        for queue, ids in by_queue.items():
+            if len(set(ids)) != len(ids):
+                return True
+            if db.execute(sql, {"queue": queue, "ids": json.dumps(ids)}).fetchone() is not None:
+                return True
+        return False
 
     async def reserve(
         self, queues: Sequence[str], limit: int, lease_seconds: float, worker: str
@@ -430,6 +480,23 @@ def _or_empty(load: Callable[[Any], list[T]], text: Any) -> list[T]:
         return load(text)
     except (TypeError, ValueError, KeyError, AttributeError):
         return []
+
+
+def _rows(jobs: Sequence[NewJob]) -> list[dict[str, Any]]:
+    """Parameters of ``insert_job`` for each job."""
+    return [
+        {
+            "queue": j.queue,
+            "id": j.id,
+            "task": j.task,
+            "payload": j.payload,
+            "priority": j.priority,
+            "run_at": j.run_at,
+            "created_at": j.created_at,
+            "options": json.dumps(j.options) if j.options else "{}",
+        }
+        for j in jobs
+    ]
 
 
 def _key(lease: Lease) -> dict[str, Any]:

@@ -6,6 +6,11 @@ INSERT INTO jobs (queue, id, task, payload, state, priority, run_at, created_at,
 VALUES (:queue, :id, :task, :payload, 'queued', :priority, :run_at, :created_at, :options)
 ON CONFLICT (queue, id) DO NOTHING;
 
+-- name: any_exists
+SELECT 1 FROM jobs
+WHERE queue = :queue AND id IN (SELECT value FROM json_each(:ids))
+LIMIT 1;
+
 -- name: reclaim_expired
 UPDATE jobs
 SET state = 'queued', run_at = lease_expires_at, lease_token = NULL, lease_expires_at = NULL
