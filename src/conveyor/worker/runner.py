@@ -397,12 +397,13 @@ class Worker:
             return
         self.counts.completed += 1
         record.state, record.result, record.progress = State.COMPLETED, result, 100.0
-        log.info(
-            "completed %s in %.1f ms",
-            task.name,
-            (self.app.clock.now() - (record.started_at or 0.0)) * 1000,
-            extra=_extra(record),
-        )
+        if log.isEnabledFor(logging.INFO):  # the hot path: skip building the record's extras
+            log.info(
+                "completed %s in %.1f ms",
+                task.name,
+                (self.app.clock.now() - (record.started_at or 0.0)) * 1000,
+                extra=_extra(record),
+            )
         if task.completed_hooks or self.app.completed_hooks:
             value = task.codec.decode_result(result)
             await self._hooks([*task.completed_hooks, *self.app.completed_hooks], job, value)
@@ -609,7 +610,8 @@ def _options_of(task: Task[Any], record: JobRecord) -> TaskOptions:
     if UNREADABLE_OPTIONS in record.options:
         raise ValueError(str(record.options[UNREADABLE_OPTIONS]))
     options = task.effective(record.options)
-    options.backoff.bounds(1)  # a stored backoff must be able to compute a delay
+    if options is not task.options:  # the task's own were checked when it was registered
+        options.backoff.bounds(1)  # a stored backoff must be able to compute a delay
     return options
 
 
