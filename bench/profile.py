@@ -23,8 +23,10 @@ import conveyor
 #: Where a sample's stack is attributed, first match from the leaf up.
 STAGES = [
     ("start-up (imports)", ("_find_and_load", "_call_with_frames_removed")),
-    ("engine: reserve", ("reserve",)),
-    ("engine: settle", ("settle", "_flush")),
+    ("engine: reserve", ("reserve", "take")),
+    ("engine: settle", ("settle", "_flush", "apply")),
+    ("SQLite thread: transaction begin/commit", ("_write",)),
+    ("SQLite thread: idle, waiting for work", ("_worker",)),
     ("engine: wait (idle)", ("wait", "_block")),
     ("codec / result encoding", ("encode_result", "decode_payload", "encode_payload")),
     ("task body", ("noop",)),
