@@ -32,11 +32,11 @@ from conveyor.clock import Clock
 from conveyor.engines.sqs.actions import Actions, ExternalBatch
 from conveyor.engines.sqs.aws import Clients, RequestCounter, RequestStats
 from conveyor.engines.sqs.claimcheck import ClaimCheck
-from conveyor.engines.sqs.envelope import DEAD_MARK, Delivery
+from conveyor.engines.sqs.envelope import DEAD_MARK, Delivery, dedup_id
 from conveyor.engines.sqs.options import SQS_MAX_VISIBILITY, SQSOptions
 from conveyor.engines.sqs.prefetch import Prefetch
 from conveyor.engines.sqs.queues import BATCH, Queues, SendEntry
-from conveyor.engines.sqs.tracked import PAYLOAD_LIMIT, TrackedMode, dedup_id
+from conveyor.engines.sqs.tracked import PAYLOAD_LIMIT, TrackedMode
 from conveyor.engines.sqs.untracked import DeliveryOnlyMode
 from conveyor.errors import ConfigurationError
 from conveyor.records import (
@@ -205,6 +205,9 @@ class SQSEngine:
         loop = asyncio.get_running_loop()
 
         async def one(queue: str) -> None:
+            # A receive that just came back empty needs no second look. (A long poll still
+            # in flight is no reason to skip: a burst worker must not decide "nothing to
+            # do" on a poll whose answer has not come yet.)
             if not force and loop.time() - self._quiet.get(queue, -math.inf) < QUIET_WINDOW:
                 return
             found = await self.queues.receive(queue, BATCH, lease_seconds)
@@ -335,7 +338,7 @@ class SQSEngine:
         for s in settlements:
             # After a retry or release of a FIFO head, the rest of its group must wait for it.
             await self._release_group(s.lease.token, give_back=isinstance(s, Retry | Release))
-        self.wake()
+        self._changed.set()  # a waiting burst worker re-checks at once (nothing new in SQS)
         return results
 
     async def _release_group(self, token: str, give_back: bool) -> None:

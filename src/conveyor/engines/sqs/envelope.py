@@ -10,6 +10,7 @@ immutable. JSON, ASCII only (SQS refuses some Unicode code points in bodies).
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import os
@@ -26,6 +27,13 @@ DEAD_MARK = "conveyor-dead"
 TASK_ATTRIBUTE = "conveyor-task"
 
 _seq = itertools.count()
+
+
+def dedup_id(text: str) -> str:
+    """A FIFO deduplication id for ``text``: itself when SQS accepts it, else its hash."""
+    if len(text) <= 128 and all(33 <= ord(c) <= 126 for c in text):
+        return text
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def new_nonce() -> str:

@@ -23,48 +23,31 @@ handle the item keeps, or re-sends a message SQS still delays.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from conveyor.engines.sqs.actions import Actions
-from conveyor.engines.sqs.envelope import TASK_ATTRIBUTE, Delivery, Envelope, new_nonce
+from conveyor.engines.sqs.envelope import TASK_ATTRIBUTE, Delivery, Envelope, dedup_id, new_nonce
 from conveyor.engines.sqs.options import SQS_MAX_VISIBILITY
 from conveyor.engines.sqs.queues import SendEntry
-from conveyor.engines.sqs.state import (
-    ACTIVE,
-    COMPLETED,
-    DEAD,
-    PARKED,
-    READY,
-    Item,
-    StateTable,
-    keys_of,
-)
+from conveyor.engines.sqs.state import ACTIVE, COMPLETED, DEAD, PARKED, READY, Item
+from conveyor.engines.sqs.tracked_admin import TrackedAdmin
 from conveyor.errors import EngineUnavailable, PayloadTooLarge
 from conveyor.records import (
-    Attempt,
     Complete,
     DeadLetter,
     JobRecord,
     Lease,
-    LogLine,
     NewJob,
-    Outcome,
-    QueueStats,
     Release,
     Retry,
     Settlement,
-    State,
 )
-
-if TYPE_CHECKING:
-    from conveyor.engines.sqs.engine import SQSEngine
 
 log = logging.getLogger("conveyor.engines.sqs")
 
@@ -82,88 +65,12 @@ VISIBILITY_TOLERANCE = 1.5
 VISIBILITY_MARGIN = 60.0
 #: Items one sweep examines per bucket and queue.
 SWEEP_BATCH = 25
-#: Index entries read at most for one listing of queued, scheduled or active jobs.
-LIST_SCAN_LIMIT = 10_000
-#: DLQ receives per check for messages SQS moved there on its own (maxReceiveCount).
-ADOPT_ROUNDS = 10
-#: Concurrent DynamoDB requests per batch of settlements, leases or enqueues.
-CONCURRENCY = 32
 
 
-class TrackedMode:
+class TrackedMode(TrackedAdmin):
     """Engine operations backed by the DynamoDB state table."""
 
     sweeps = True
-
-    def __init__(self, host: SQSEngine) -> None:
-        self.host = host
-        self.table = StateTable(host.options, host.clients)
-        self._registered: set[str] = set()
-        self._adopted_at: dict[str, float] = {}
-        self._sem = asyncio.Semaphore(CONCURRENCY)
-
-    async def connect(self) -> None:
-        """Check (or create) the state table."""
-        await self.table.ensure()
-
-    # -- keys and conversions ---------------------------------------------------------------
-
-    def key(self, queue: str, job_id: str) -> str:
-        """The item key of a job."""
-        return f"{self.host.queues.base(queue)}/{job_id}"
-
-    def gs(self, queue: str, bucket: str) -> str:
-        """The index partition of one queue's bucket."""
-        return f"{self.host.queues.base(queue)}|{bucket}"
-
-    def record(self, item: Item, now: float) -> JobRecord:
-        """The job record an item stands for (payload already resolved)."""
-        state = State(item["state"])
-        run_at = float(item.get("run_at", 0.0))
-        if state is State.QUEUED and run_at > now:
-            state = State.SCHEDULED
-        options = json.loads(item.get("opts") or "{}")
-        if item.get("redriven"):
-            options["redriven"] = int(item["redriven"])
-        return JobRecord(
-            queue=str(item["q"]),
-            id=str(item["id"]),
-            task=str(item["task"]),
-            payload=bytes(item.get("payload", b"")),
-            state=state,
-            priority=int(item.get("pri", 0)),
-            run_at=run_at,
-            created_at=float(item.get("created", 0.0)),
-            attempts=int(item.get("attempts", 0)),
-            options=options,
-            started_at=_float(item.get("started")),
-            finished_at=_float(item.get("finished")),
-            progress=float(item.get("progress", 0.0)),
-            result=item.get("result"),
-            failures=[Attempt.from_dict(json.loads(s)) for s in item.get("failures", [])],
-            logs=[LogLine(**json.loads(s)) for s in item.get("logs", [])],
-            lease_token=item.get("tok"),
-            lease_expires_at=_float(item.get("lexp")),
-            worker=str(item.get("wk", "")),
-        )
-
-    async def _resolve(self, item: Item) -> Item:
-        """Fetch claim-checked payload and result from S3 into the item."""
-        claim = self.host.claim
-        if claim is not None:
-            if item.get("pref") and "payload" not in item:
-                item["payload"] = await claim.get(str(item["pref"]))
-            if item.get("rref") and "result" not in item:
-                item["result"] = await claim.get(str(item["rref"]))
-        return item
-
-    async def _records(self, items: Sequence[Item], now: float) -> list[JobRecord]:
-        resolved = await asyncio.gather(*(self._resolve(i) for i in items))
-        return [self.record(i, now) for i in resolved]
-
-    async def _limited(self, coro: Any) -> Any:
-        async with self._sem:
-            return await coro
 
     # -- enqueue ----------------------------------------------------------------------------
 
@@ -244,14 +151,6 @@ class TrackedMode:
         if len(job.payload) > PAYLOAD_LIMIT:
             raise PayloadTooLarge(len(job.payload), PAYLOAD_LIMIT, job.task)
         return job.payload, None
-
-    async def _register(self, queues: set[str], now: float) -> None:
-        new = queues - self._registered
-        if new:
-            await asyncio.gather(
-                *(self.table.register(q, self.host.queues.base(q), now) for q in new)
-            )
-            self._registered |= new
 
     # -- leasing ----------------------------------------------------------------------------
 
@@ -719,281 +618,3 @@ class TrackedMode:
             RESULT_LIMIT,
         )
         return None, None
-
-    # -- reading ----------------------------------------------------------------------------
-
-    async def get(self, queue: str, job_id: str) -> JobRecord | None:
-        """One job's record (strongly consistent)."""
-        host = self.host
-        item = await self.table.get(self.key(queue, job_id))
-        if item is None:
-            return None
-        # A running job whose lease ran out and whose message SQS should show again by now
-        # may sit in the DLQ, moved there by the redrive policy (a crash loop): check.
-        overdue = float(item.get("vis", 0.0)) < time.time()
-        expired = float(item.get("lexp", 0.0)) <= host.clock.now()
-        stuck = overdue and item.get("state") == "active" and expired
-        if stuck and await self.adopt_dead(queue):
-            # Its message may have gone to the DLQ on its own (maxReceiveCount): look again.
-            item = await self.table.get(self.key(queue, job_id)) or item
-        (record,) = await self._records([item], host.clock.now())
-        return record
-
-    async def list_jobs(self, queue: str, state: State, limit: int, offset: int) -> list[JobRecord]:
-        """Jobs of one queue in one state, in the SQLite engine's order."""
-        now = self.host.clock.now()
-        entries: list[Item]
-        if state is State.QUEUED:
-            entries = [
-                *await self.table.query(self.gs(queue, READY), high=now, limit=LIST_SCAN_LIMIT),
-                *await self.table.query(self.gs(queue, PARKED), high=now, limit=LIST_SCAN_LIMIT),
-            ]
-            entries.sort(key=lambda e: (-int(e.get("pri", 0)), e["gt"], e.get("created", 0)))
-        elif state is State.SCHEDULED:
-            want = offset + limit
-            entries = [
-                e
-                for bucket in (READY, PARKED)
-                for e in await self.table.query(self.gs(queue, bucket), low=now, limit=want + 50)
-                if float(e["gt"]) > now
-            ]
-            entries.sort(key=lambda e: (e["gt"], e.get("created", 0)))
-        elif state is State.ACTIVE:
-            entries = await self.table.query(self.gs(queue, ACTIVE), limit=LIST_SCAN_LIMIT)
-            entries.sort(key=lambda e: (e.get("started", 0), e.get("created", 0)))
-        else:
-            if state is State.DEAD:
-                await self.adopt_dead(queue)
-            bucket = DEAD if state is State.DEAD else COMPLETED
-            entries = await self.table.query(
-                self.gs(queue, bucket), forward=False, limit=offset + limit
-            )
-        page = keys_of(entries[offset : offset + limit])
-        found = await self.table.get_many(page)
-        # The index is eventually consistent: skip items that moved on since it was read.
-        stored = {State.SCHEDULED: "queued", State.QUEUED: "queued"}.get(state, state.value)
-        items = [found[k] for k in page if k in found and found[k].get("state") == stored]
-        return await self._records(items, now)
-
-    async def stats(self) -> list[QueueStats]:
-        """Counts per queue and state from the index, paused flags from SQS tags."""
-        now = self.host.clock.now()
-        queues = await self.table.queues()
-
-        async def one(queue: str) -> QueueStats | None:
-            await self.adopt_dead(queue)
-            table = self.table
-            ready, ready_due, parked, parked_due, active, completed, dead = await asyncio.gather(
-                table.count(self.gs(queue, READY)),
-                table.count(self.gs(queue, READY), high=now),
-                table.count(self.gs(queue, PARKED)),
-                table.count(self.gs(queue, PARKED), high=now),
-                table.count(self.gs(queue, ACTIVE)),
-                table.count(self.gs(queue, COMPLETED)),
-                table.count(self.gs(queue, DEAD)),
-            )
-            oldest = await table.query(self.gs(queue, DEAD), limit=1)
-            counts = {
-                State.QUEUED: ready_due + parked_due,
-                State.SCHEDULED: (ready - ready_due) + (parked - parked_due),
-                State.ACTIVE: active,
-                State.COMPLETED: completed,
-                State.DEAD: dead,
-            }
-            paused = await self.host.queues.is_paused(queue, fresh=True)
-            if not any(counts.values()) and not paused:
-                return None
-            oldest_dead = float(oldest[0]["gt"]) if oldest else None
-            return QueueStats(queue, counts, paused, oldest_dead)
-
-        found = await asyncio.gather(*(one(q) for q in queues))
-        return [s for s in found if s is not None]
-
-    # -- dead jobs and housekeeping ---------------------------------------------------------
-
-    async def redrive(self, queue: str, job_ids: Sequence[str]) -> int:
-        """Dead jobs back to queued: a new message each, then the item (attempts reset,
-        failure log kept, redrive round counted)."""
-        host = self.host
-        now, real = host.clock.now(), time.time()
-        found = await self.table.get_many([self.key(queue, i) for i in job_ids])
-        dead = [item for item in found.values() if item.get("state") == "dead"]
-        if not dead:
-            return 0
-        nonces = [new_nonce() for _ in dead]
-        entries = [
-            SendEntry(
-                body=Envelope(
-                    queue, str(i["id"]), n, int(i.get("pri", 0)), now, "re", str(i.get("msg"))
-                ).encode(),
-                group=host.group_id(queue, str(i["task"]), str(i["id"])),
-                dedup=dedup_id(f"{i['id']}/{n}"),
-                attributes={TASK_ATTRIBUTE: str(i["task"])},
-            )
-            for i, n in zip(dead, nonces, strict=True)
-        ]
-        codes = await host.queues.send(queue, entries)
-
-        async def one(item: Item, nonce: str) -> bool:
-            ok, _ = await self.table.update(
-                str(item["k"]),
-                "SET #state = :queued, #run_at = :now, #attempts = :zero, #progress = :zero, "
-                "#redriven = if_not_exists(#redriven, :zero) + :one, #msg = :n, #gs = :gs, "
-                "#gt = :now, #vis = :real REMOVE #finished, #rh, #rt",
-                "#state = :dead AND #msg = :old",
-                {
-                    ":queued": "queued",
-                    ":dead": "dead",
-                    ":now": now,
-                    ":zero": 0,
-                    ":one": 1,
-                    ":n": nonce,
-                    ":gs": self.gs(queue, READY),
-                    ":real": real,
-                    ":old": item.get("msg"),
-                },
-            )
-            return ok
-
-        results = await asyncio.gather(
-            *(
-                self._limited(one(i, n))
-                for i, n, c in zip(dead, nonces, codes, strict=True)
-                if c is None
-            )
-        )
-        host.wake()
-        return sum(results)
-
-    async def delete(self, queue: str, job_ids: Sequence[str]) -> int:
-        """Delete jobs that are not running (their messages, if any, go stale)."""
-
-        async def one(job_id: str) -> Item | None:
-            ok, old = await self.table.delete(
-                self.key(queue, job_id), "#state <> :active", {":active": "active"}
-            )
-            return old if ok else None
-
-        olds = await asyncio.gather(*(self._limited(one(i)) for i in job_ids))
-        gone = [o for o in olds if o is not None]
-        await self._drop_blobs(gone)
-        return len(gone)
-
-    async def trim(self, queue: str, task: str, keep: int | None, older_than: float | None) -> int:
-        """Delete completed jobs of ``task`` beyond the newest ``keep`` or older than
-        ``older_than``."""
-        entries = await self.table.query(
-            self.gs(queue, COMPLETED), forward=False, limit=LIST_SCAN_LIMIT
-        )
-        mine = [e for e in entries if e.get("task") == task]
-        victims: dict[str, Item] = {}
-        if older_than is not None:
-            victims.update({e["k"]: e for e in mine if float(e["gt"]) < older_than})
-        if keep is not None:
-            victims.update({e["k"]: e for e in mine[keep:]})
-        if victims:
-            await self.table.delete_many(list(victims))
-            await self._drop_blobs(list(victims.values()))
-        return len(victims)
-
-    async def _drop_blobs(self, items: Sequence[Item]) -> None:
-        claim = self.host.claim
-        if claim is not None:
-            refs = [str(i.get(k)) for i in items for k in ("pref", "rref") if i.get(k)]
-            if refs:
-                await claim.delete(refs)
-
-    async def set_paused(self, queue: str) -> None:
-        """Register ``queue`` so ``stats`` lists it even before it has jobs."""
-        await self._register({queue}, self.host.clock.now())
-
-    async def adopt_dead(self, queue: str, force: bool = False) -> int:
-        """Record jobs whose messages SQS moved to the DLQ by itself (maxReceiveCount): they
-        become dead with an attempt that says so, and the DLQ message is deleted.
-
-        Conveyor never puts messages in the DLQ itself when it has a state table (dead jobs
-        live in the table), so everything found there came from the redrive policy.
-        Checked at most every ``dlq_check_interval`` seconds per queue.
-        """
-        host = self.host
-        last = self._adopted_at.get(queue)
-        recent = last is not None and time.monotonic() - last < host.options.dlq_check_interval
-        if recent and not force:
-            return 0
-        self._adopted_at[queue] = time.monotonic()
-        info = await host.queues.get(queue)
-        if info.dlq_url is None:
-            return 0
-        adopted = 0
-        for _ in range(ADOPT_ROUNDS):
-            found = await host.queues.receive(queue, 10, 30, dlq=True)
-            if not found:
-                break
-            actions = host.new_actions()
-            for d in found:
-                if d.envelope is None:
-                    continue  # not ours; leave it for whoever put it there
-                if await self._adopt_one(d, d.envelope, info.max_receive_count):
-                    adopted += 1
-                actions.ack(queue, d.receipt, dlq=True)
-            await actions.flush()
-        return adopted
-
-    async def _adopt_one(self, d: Delivery, env: Envelope, max_receives: int | None) -> bool:
-        item = await self.table.get(self.key(env.queue, env.id))
-        if (
-            item is None
-            or item.get("msg") != env.nonce
-            or item.get("state")
-            not in (
-                "queued",
-                "active",
-            )
-        ):
-            return False  # the job moved on (finished, redriven, deleted): the message is stale
-        attempts = int(item.get("attempts", 0))
-        number = attempts if item.get("state") == "active" else attempts + 1
-        limit = max_receives or d.receive_count
-        attempt = Attempt(
-            number=number,
-            outcome=Outcome.LOST,
-            error_type="MaxReceiveCountExceeded",
-            message=(
-                f"SQS moved the message to the dead-letter queue after {limit} receives (the "
-                "queue's redrive policy, Conveyor's crash-loop safety net): the workers that "
-                "received it kept dying or stalling before they could settle it"
-            ),
-            ended_at=self.host.clock.now(),
-            round=int(item.get("redriven", 0)),
-        )
-        ok, _ = await self.table.update(
-            str(item["k"]),
-            "SET #state = :dead, #finished = :now, #attempts = :num, "
-            "#failures = list_append(#failures, :a), #gs = :gs, #gt = :now "
-            "REMOVE #tok, #lexp, #rh, #rt",
-            "#msg = :n AND #state = :state AND #attempts = :att",
-            {
-                ":dead": "dead",
-                ":now": self.host.clock.now(),
-                ":num": number,
-                ":a": [json.dumps(attempt.to_dict())],
-                ":gs": self.gs(env.queue, DEAD),
-                ":n": env.nonce,
-                ":state": item.get("state"),
-                ":att": attempts,
-            },
-        )
-        if ok:
-            log.error("job %s/%s dead-lettered by SQS's redrive policy", env.queue, env.id)
-        return ok
-
-
-def dedup_id(text: str) -> str:
-    """A FIFO deduplication id for ``text``: itself when SQS accepts it, else its hash."""
-    if len(text) <= 128 and all(33 <= ord(c) <= 126 for c in text):
-        return text
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)

@@ -29,10 +29,10 @@ from conveyor.engines.sqs.envelope import (
     TASK_ATTRIBUTE,
     Delivery,
     Envelope,
+    dedup_id,
     new_nonce,
 )
 from conveyor.engines.sqs.queues import SendEntry
-from conveyor.engines.sqs.tracked import dedup_id
 from conveyor.errors import ConfigurationError, EngineUnavailable, PayloadTooLarge
 from conveyor.records import (
     Attempt,
