@@ -179,7 +179,7 @@ class DrainSize:
 
 
 DRAIN_CI = DrainSize(jobs=150, stops=5)
-DRAIN_FULL = DrainSize(jobs=4000, stops=40)
+DRAIN_FULL = DrainSize(jobs=2000, stops=40, workers=3)
 
 
 async def drain_run(target: Target, directory: Path, seed: int, size: DrainSize) -> dict[str, Any]:
@@ -237,7 +237,8 @@ async def drain_run(target: Target, directory: Path, seed: int, size: DrainSize)
                 victim.popen.wait(10)
             fleet.reap()
             await asyncio.sleep(rng.uniform(0.5, 1.5))
-        settled = await wait_settled(app, QUEUE, fleet, timeout=120)
+        # Jobs average ~0.8 s and a stop takes a worker away for a few seconds.
+        settled = await wait_settled(app, QUEUE, fleet, timeout=60 + size.jobs * 0.1)
         await fleet.stop()
         records = await all_records(app, QUEUE)
     finally:
