@@ -59,6 +59,9 @@ DLQ_SCAN_VISIBILITY = 30.0
 #: A first receive this long before the job's due time was an early delivery (parked), not
 #: an attempt; allows for clock differences between the host and SQS.
 PARK_TOLERANCE = 1.0
+#: When the DLQ refuses a dead job, its message shows again after this long (and the job is
+#: dead-lettered again then: its attempts are used up).
+DLQ_RETRY_SECONDS = 60.0
 
 
 class StateTableRequired(ConfigurationError):
@@ -70,6 +73,17 @@ class _Held:
     delivery: Delivery
     envelope: Envelope
     record: JobRecord
+
+
+@dataclass
+class _Swap:
+    """A message to replace: send ``envelope`` (to the DLQ if ``dlq``), then delete the
+    delivered one; if the send fails, hide the delivered one ``fallback`` seconds instead."""
+
+    delivery: Delivery
+    envelope: Envelope
+    dlq: bool = False
+    fallback: float = 0.0
 
 
 class DeliveryOnlyMode:
@@ -153,6 +167,7 @@ class DeliveryOnlyMode:
         """Leases from received messages; early ones are hidden until due."""
         host = self.host
         actions = host.new_actions()
+        swaps: list[_Swap] = []
         out: list[tuple[JobRecord, Delivery | None]] = []
         now = host.clock.now()
         for d in deliveries:
@@ -161,7 +176,7 @@ class DeliveryOnlyMode:
                 await host.poison(d, actions)
                 continue
             if env.run_at > now:
-                await self._park(d, env, now, actions)
+                await self._park(d, env, now, actions, swaps)
                 continue
             parked_first = (
                 d.receive_count > 1
@@ -191,17 +206,21 @@ class DeliveryOnlyMode:
             )
             self._held[token] = _Held(d, env, record)
             out.append((record, d))
+        await self._swap(swaps, actions)
         await actions.flush()
         return out
 
-    async def _park(self, d: Delivery, env: Envelope, now: float, actions: Actions) -> None:
+    async def _park(
+        self, d: Delivery, env: Envelope, now: float, actions: Actions, swaps: list[_Swap]
+    ) -> None:
         """Hide an early message until due; a second early receive re-sends it instead, so
         SQS's receive count keeps counting attempts only."""
-        seconds = env.run_at - now
+        seconds = min(env.run_at - now, self.host.options.max_delay)
         if d.receive_count <= 1 or (await self.host.queues.get(d.queue)).fifo:
-            actions.hold(d.queue, d.receipt, min(seconds, self.host.options.max_delay))
+            actions.hold(d.queue, d.receipt, seconds)
         else:
-            await self._replace(d, replace(env, nonce=new_nonce(), kind="re", prev=env.nonce))
+            fresh = replace(env, nonce=new_nonce(), kind="re", prev=env.nonce)
+            swaps.append(_Swap(d, fresh, fallback=seconds))
         self.host.note_due(env.queue, env.run_at)
 
     async def sweep(
@@ -213,38 +232,56 @@ class DeliveryOnlyMode:
     async def give_back(self, deliveries: Sequence[Delivery]) -> None:
         """Return kept messages: re-sent (receive count reset), or shown again on FIFO."""
         actions = self.host.new_actions()
+        swaps: list[_Swap] = []
         for d in deliveries:
             info = await self.host.queues.get(d.queue)
             if d.envelope is None or info.fifo:
                 actions.hold(d.queue, d.receipt, 0)
             else:
-                await self._replace(d, replace(d.envelope, nonce=new_nonce()))
+                swaps.append(_Swap(d, replace(d.envelope, nonce=new_nonce())))
+        await self._swap(swaps, actions)
         await actions.flush()
 
-    async def _replace(self, d: Delivery, envelope: Envelope, dlq: bool = False) -> bool:
-        """Send ``envelope`` (to the DLQ if ``dlq``), then delete the delivered message."""
+    async def _swap(self, swaps: Sequence[_Swap], actions: Actions) -> None:
+        """Send replacement messages, 10 per request per queue; then (through ``actions``)
+        delete the messages they replace. Between the two a crash leaves both: the job runs
+        once more, which at-least-once delivery allows; it is never lost."""
         host = self.host
-        info = await host.queues.get(d.queue)
-        delay = 0.0 if dlq else max(0.0, envelope.run_at - host.clock.now())
-        attributes = {TASK_ATTRIBUTE: envelope.task or ""}
-        if dlq:
-            attributes[DEAD_MARK] = "1"
-        body = _fit(envelope, info.max_message_bytes)
-        entry = SendEntry(
-            body=body,
-            delay=min(math.ceil(delay), 900),
-            group=host.group_id(d.queue, envelope.task or "", envelope.id),
-            dedup=dedup_id(f"{envelope.id}/{envelope.nonce}"),
-            attributes=attributes,
-        )
-        (code,) = await host.queues.send(d.queue, [entry], dlq=dlq)
-        if code is not None:
-            log.error("sending job %s/%s failed: %s", d.queue, envelope.id, code)
-            return False
-        actions = host.new_actions()
-        actions.ack(d.queue, d.receipt)
-        await actions.flush()
-        return True
+        groups: dict[tuple[str, bool], list[_Swap]] = {}
+        for swap in swaps:
+            groups.setdefault((swap.delivery.queue, swap.dlq), []).append(swap)
+        for (queue, dlq), group in groups.items():
+            info = await host.queues.get(queue)
+            entries = []
+            for swap in group:
+                env = swap.envelope
+                delay = 0.0 if dlq else max(0.0, env.run_at - host.clock.now())
+                attributes = {TASK_ATTRIBUTE: env.task or ""}
+                if dlq:
+                    attributes[DEAD_MARK] = "1"
+                entries.append(
+                    SendEntry(
+                        body=_fit(env, info.max_message_bytes),
+                        delay=min(math.ceil(delay), 900),
+                        group=host.group_id(queue, env.task or "", env.id),
+                        dedup=dedup_id(f"{env.id}/{env.nonce}"),
+                        attributes=attributes,
+                    )
+                )
+            codes = await host.queues.send(queue, entries, dlq=dlq)
+            for swap, code in zip(group, codes, strict=True):
+                if code is None:
+                    actions.ack(queue, swap.delivery.receipt)
+                else:
+                    log.error(
+                        "sending job %s/%s %sfailed (%s); its message shows again in %.0fs",
+                        queue,
+                        swap.envelope.id,
+                        "to the DLQ " if dlq else "",
+                        code,
+                        swap.fallback,
+                    )
+                    actions.hold(queue, swap.delivery.receipt, swap.fallback)
 
     # -- running jobs -----------------------------------------------------------------------
 
@@ -275,11 +312,13 @@ class DeliveryOnlyMode:
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Apply settlements: delete, re-send with history, or send to the DLQ."""
         actions = self.host.new_actions()
-        results = [await self._settle_one(s, actions) for s in settlements]
+        swaps: list[_Swap] = []
+        results = [await self._settle_one(s, actions, swaps) for s in settlements]
+        await self._swap(swaps, actions)
         await actions.flush()
         return results
 
-    async def _settle_one(self, s: Settlement, actions: Actions) -> bool:
+    async def _settle_one(self, s: Settlement, actions: Actions, swaps: list[_Swap]) -> bool:
         host = self.host
         held = self._held.pop(s.lease.token, None)
         if held is None:
@@ -308,8 +347,9 @@ class DeliveryOnlyMode:
                 attempts=record.attempts,
                 failures=[*env.failures, s.attempt],
             )
-            if not await self._replace(d, retried):
-                actions.hold(d.queue, d.receipt, delay)  # keep the job; lose the record
+            # If the send fails the old message is hidden for the backoff: the job is kept,
+            # this attempt's record is not.
+            swaps.append(_Swap(d, retried, fallback=delay))
             return True
         if isinstance(s, DeadLetter):
             dead = replace(
@@ -319,8 +359,7 @@ class DeliveryOnlyMode:
                 failures=[*env.failures, s.attempt],
                 finished_at=host.clock.now(),
             )
-            if not await self._replace(d, dead, dlq=True):
-                raise EngineUnavailable(f"could not send job {env.id} to the DLQ of {d.queue}")
+            swaps.append(_Swap(d, dead, dlq=True, fallback=DLQ_RETRY_SECONDS))
             host.requests.jobs_finished += 1
             return True
         if isinstance(s, Release):
@@ -328,8 +367,7 @@ class DeliveryOnlyMode:
                 actions.hold(d.queue, d.receipt, 0)
             else:
                 back = replace(env, nonce=new_nonce(), attempts=max(record.attempts - 1, 0))
-                if not await self._replace(d, back):
-                    actions.hold(d.queue, d.receipt, 0)
+                swaps.append(_Swap(d, back))
             return True
         raise TypeError(f"not a settlement: {s!r}")
 
