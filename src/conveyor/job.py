@@ -7,9 +7,9 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from conveyor.engines.base import Engine, EventSource
+from conveyor.engines.base import Engine, EventSource, EventsUnavailable
 from conveyor.errors import EngineUnavailable, JobFailed, JobNotFound
-from conveyor.records import Attempt, EventKind, JobRecord, LogLine, Outcome, State
+from conveyor.records import Attempt, EventKind, JobEvent, JobRecord, LogLine, Outcome, State
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -25,6 +25,9 @@ SyncReporter = Callable[[float | None, str | None], None]
 #: from the first delay to the second.
 RESULT_POLL_START = 0.005
 RESULT_POLL_MAX = 0.25
+#: With an event stream, ``Job.result()`` still re-reads the job this often, in case an event
+#: was lost without a reconnect to tell (say, the workers' ACL user may not publish).
+RESULT_RECHECK = 10.0
 
 
 class Job(Generic[T]):
@@ -153,15 +156,18 @@ class Job(Generic[T]):
         result) and ``TimeoutError`` if ``timeout`` seconds pass first.
 
         On an engine with an event stream (Redis) this waits for the job's own event and
-        reads the job twice: once when listening starts, once when it finishes (and once
-        more after each reconnect). Elsewhere it polls, backing off to
+        reads the job twice: once when listening starts, once when it finishes (and again
+        after a reconnect, and every ``RESULT_RECHECK`` seconds as a safety net). Elsewhere,
+        or if the server refuses to deliver events, it polls, backing off to
         ``RESULT_POLL_MAX`` seconds between reads.
         """
         engine = await self.app.engine()
         async with asyncio.timeout(timeout):
+            record: JobRecord | None = None
             if isinstance(engine, EventSource):
-                record = await self._finished_by_events(engine, events=engine)
-            else:
+                with contextlib.suppress(EventsUnavailable):  # logged by the engine
+                    record = await self._finished_by_events(engine, events=engine)
+            if record is None:
                 record = await self._finished_by_polling(engine)
         if record.state is State.DEAD:
             last = record.failures[-1] if record.failures else None
@@ -174,15 +180,30 @@ class Job(Generic[T]):
 
     async def _finished_by_events(self, engine: Engine, *, events: EventSource) -> JobRecord:
         """Subscribe first, then read: a finish before the read shows in the record, one
-        after it arrives as an event. ``subscribed`` (start, or after a reconnect) and this
-        job's finishing events are the only reasons to read."""
-        async with contextlib.aclosing(events.subscribe([self.queue], self.id)) as stream:
-            async for event in stream:
-                if event.kind is not EventKind.SUBSCRIBED and not event.finished:
-                    continue
+        after it arrives as an event. ``subscribed`` (start, or after a reconnect), this
+        job's finishing events and the rare safety re-check are the only reasons to read."""
+        stream = events.subscribe([self.queue], self.id)
+        # Kept across re-checks: cancelling a pending anext() would end the generator.
+        upcoming: asyncio.Future[JobEvent] | None = None
+        try:
+            while True:
+                if upcoming is None:
+                    upcoming = asyncio.ensure_future(anext(stream))
+                done, _ = await asyncio.wait({upcoming}, timeout=RESULT_RECHECK)
+                event = None
+                if done:
+                    try:
+                        event = upcoming.result()
+                    except StopAsyncIteration:
+                        raise EngineUnavailable(
+                            f"the engine's event stream ended while job {self.id} was awaited"
+                        ) from None
+                    upcoming = None
+                    if event.kind is not EventKind.SUBSCRIBED and not event.finished:
+                        continue
                 record = await engine.get(self.queue, self.id)
                 if record is None:
-                    if event.kind is EventKind.COMPLETED:
+                    if event is not None and event.kind is EventKind.COMPLETED:
                         raise JobNotFound(
                             f"job {self.id} in queue {self.queue!r} completed, but its result "
                             "was not kept (keep_completed=Keep(count=0), or trimmed since)"
@@ -191,7 +212,13 @@ class Job(Generic[T]):
                 self._loaded(record)
                 if record.state in (State.COMPLETED, State.DEAD):
                     return record
-        raise EngineUnavailable(f"the engine's event stream ended while job {self.id} was awaited")
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+                await asyncio.wait({upcoming})
+                if not upcoming.cancelled():
+                    upcoming.exception()  # retrieved, so it is not logged as unhandled
+            await stream.aclose()
 
     async def _finished_by_polling(self, engine: Engine) -> JobRecord:
         delay = RESULT_POLL_START

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 import conveyor
+from conveyor import job as job_module
 from conveyor.clock import SystemClock
 from conveyor.engines.redis import events as hub_module
 from conveyor.engines.redis.engine import RedisEngine
@@ -563,3 +565,48 @@ def _slots(node: RedisServer) -> set[int]:
                 elif part.isdigit():
                     out.add(int(part))
     return out
+
+
+# -- ACLs -----------------------------------------------------------------------------------
+
+
+async def test_result_works_when_an_acl_refuses_the_event_channels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis 7 users get no channels unless granted: a waiter that may not subscribe falls
+    back to polling, and one whose workers may not publish re-reads every RESULT_RECHECK."""
+    monkeypatch.setattr(job_module, "RESULT_RECHECK", 0.5)
+    server = RedisServer(tmp_path).start()
+    grants = ("on", "~ev:*", "+@all", "-config")
+    server.cli("ACL", "SETUSER", "deaf", ">pw", *grants, "resetchannels")
+    server.cli("ACL", "SETUSER", "ears", ">pw", *grants, "resetchannels", "&ev:*")
+    base = f"127.0.0.1:{server.port}/0?prefix=ev"
+
+    async def double(n: int) -> int:
+        return n * 2
+
+    apps = {user: conveyor.App(f"redis://{user}:pw@{base}") for user in ("deaf", "ears")}
+    for app in apps.values():
+        app.task(name="double", queue="q")(double)
+    try:
+        # The waiter may not subscribe: it polls, and says why once.
+        handle = await apps["deaf"].tasks["double"].enqueue(1)
+        with caplog.at_level(logging.WARNING, "conveyor.engines.redis"):
+            waiting = asyncio.create_task(handle.result(timeout=10))
+            await asyncio.sleep(0.2)
+            await conveyor.testing.drain(apps["deaf"])
+            assert await waiting == 2
+        assert "&ev:*" in caplog.text
+
+        # The waiter hears, but the workers may not publish: the safety re-check finds it.
+        handle = await apps["ears"].tasks["double"].enqueue(2)
+        reads = count_reads(await apps["ears"].engine())
+        waiting = asyncio.create_task(handle.result(timeout=10))
+        await asyncio.sleep(0.2)
+        await conveyor.testing.drain(apps["deaf"])
+        assert await waiting == 4
+        assert 2 <= len(reads) <= 4
+    finally:
+        for app in apps.values():
+            await app.close()
+        server.stop()

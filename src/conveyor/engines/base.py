@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol, runtime_checkable
 
+from conveyor.errors import EngineUnavailable
 from conveyor.records import JobEvent, JobRecord, Lease, NewJob, QueueStats, Settlement, State
 
 
@@ -123,6 +124,12 @@ class EventSource(Protocol):
         record, so read the record then. The engine resubscribes by itself after a lost
         connection and yields ``subscribed`` again; events in between may be missing, so
         read again. The generator runs until closed (``contextlib.aclosing``), which ends
-        the subscription.
+        the subscription. It raises :class:`EventsUnavailable` if the server refuses to
+        deliver events at all.
         """
         ...
+
+
+class EventsUnavailable(EngineUnavailable):
+    """The engine's server refuses to deliver job events (say, an ACL without the event
+    channels); ``Job.result()`` falls back to polling."""

@@ -29,7 +29,9 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
+from redis.exceptions import NoPermissionError, ResponseError
 
+from conveyor.engines.base import EventsUnavailable
 from conveyor.engines.redis import wire
 from conveyor.engines.redis.keys import QueueKeys
 from conveyor.errors import EngineUnavailable
@@ -65,7 +67,8 @@ class _Moved(Exception):
 class _Subscriber:
     queues: tuple[str, ...]
     job_id: str | None
-    inbox: asyncio.Queue[JobEvent | None] = field(default_factory=asyncio.Queue)
+    #: Events, or the error that ends the subscription.
+    inbox: asyncio.Queue[JobEvent | Exception] = field(default_factory=asyncio.Queue)
 
     def put(self, event: JobEvent) -> None:
         if self.inbox.qsize() < BUFFER:
@@ -122,8 +125,8 @@ class EventHub:
                 await self._want(queue, sub)
             while True:
                 event = await sub.inbox.get()
-                if event is None:
-                    raise EngineUnavailable("the Redis engine was closed while events were awaited")
+                if isinstance(event, Exception):
+                    raise event
                 yield event
         finally:
             self._forget(sub)
@@ -134,9 +137,10 @@ class EventHub:
         links, self.links = list(self.links.values()), {}
         for link in links:
             await link.stop()
+        closed = EngineUnavailable("the Redis engine was closed while events were awaited")
         for subs in self._by_queue.values():
             for sub in subs:
-                sub.inbox.put_nowait(None)
+                sub.inbox.put_nowait(closed)
 
     # -- subscribers ------------------------------------------------------------------------
 
@@ -192,6 +196,24 @@ class EventHub:
                     sub.put(event)
             for sub in self._by_job.get((queue, event.job_id), ()):
                 sub.put(event)
+
+    def refuse(self, link: _Link, exc: Exception) -> None:
+        """The server refused ``link``'s subscriptions for good (an ACL without the event
+        channels, a server without SSUBSCRIBE): end its subscribers' streams with the reason;
+        retrying would only fail again."""
+        channels = sorted(link.channels)
+        link.channels.clear()
+        link.live.clear()
+        prefix = channels[0].split(":{", 1)[0] if channels else "conveyor"
+        error = EventsUnavailable(
+            f"Redis refused to deliver job events ({exc}). With ACLs, allow the user the "
+            f"event channels, like '&{prefix}:*'. Until then job.result() polls."
+        )
+        log.warning("%s", error)
+        for channel in channels:
+            queue = self.queue_of.get(channel)
+            for sub in self._by_queue.get(queue, ()) if queue is not None else ():
+                sub.inbox.put_nowait(error)
 
     def announce(self, channel: str) -> None:
         """Tell every subscriber of ``channel``'s queue that it is listened to from now on."""
@@ -309,9 +331,11 @@ class _Link:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            client = self.hub.connect(self.name or None)
-            pubsub = client.pubsub()
+            client: Redis | None = None
+            pubsub: PubSub | None = None
             try:
+                client = self.hub.connect(self.name or None)
+                pubsub = client.pubsub()
                 async with self._lock:
                     self._leaving.clear()
                     self._pubsub = pubsub
@@ -320,6 +344,9 @@ class _Link:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if _refused(exc):
+                    self.hub.refuse(self, exc)
+                    continue
                 log.warning(
                     "job events: connection %s failed (%s: %s); reconnecting",
                     self.name or "to Redis",
@@ -329,13 +356,18 @@ class _Link:
             finally:
                 self._pubsub = None
                 self.live.clear()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await client.aclose()
             await asyncio.sleep(RECONNECT_DELAYS[min(self._failures, len(RECONNECT_DELAYS) - 1)])
             self._failures += 1
-            await self.hub.reroute(self)
+            try:
+                await self.hub.reroute(self)
+            except Exception as exc:  # never let the link die: its subscribers would hang
+                log.warning("job events: rerouting %s failed: %s", self.name, exc)
 
     async def _read(self, pubsub: PubSub) -> None:
         loop = asyncio.get_running_loop()
@@ -405,6 +437,13 @@ class _Link:
                 # Renewed too late (a blocked event loop): the key may have expired and
                 # the scripts stopped publishing for a while.
                 self.hub.announce(channel)
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether the server refuses the subscription for good (so retrying is pointless)."""
+    if isinstance(exc, NoPermissionError):
+        return True
+    return isinstance(exc, ResponseError) and "unknown command" in str(exc).lower()
 
 
 def _text(value: Any) -> str:
