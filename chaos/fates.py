@@ -189,6 +189,8 @@ async def fates_run(target: Target, directory: Path, seed: int, size: FateSize) 
         round_two[job] = sum(1 for r in runs if r.round == 1)
     result.update(exactness(first, starts))
     result.update(alert_accounting(directory))
+    # Every job the engine dead-lettered must have reached its on_dead_letter hook once.
+    result["dead_letter_hooks_missing"] = result["dead_lettered"] - result["dead_letter_arrivals"]
     result.update(
         {
             "settled": settled and settled_again,

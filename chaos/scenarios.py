@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from chaos import crashes
-from chaos.targets import Target, sqlite_target
+from chaos.targets import MotoServer, Target, sqlite_target, sqs_target
 
-ENGINES = ("sqlite", "redis")
+ENGINES = ("sqlite", "redis", "sqs")
+#: SQS (on moto) runs the scenarios that do not need to stop or fake its server.
+WITH_SQS = ("sqlite", "redis", "sqs")
+NO_SQS = ("sqlite", "redis")
 Runner = Callable[[Target, Path, int, bool], Awaitable[dict[str, Any]]]
 Verdict = Callable[[dict[str, Any]], list[str]]
 
@@ -22,7 +25,7 @@ class Scenario:
 
     run: Runner
     verdict: Verdict
-    engines: tuple[str, ...] = ENGINES
+    engines: tuple[str, ...] = NO_SQS
 
 
 def _no_loss(r: dict[str, Any]) -> list[str]:
@@ -126,7 +129,7 @@ def _fates_verdict(r: dict[str, Any]) -> list[str]:
     for key in ("attempt_count_mismatches", "failure_log_mismatches", "backoff_out_of_bounds",
                 "retries_started_early", "alerts_unaccounted", "dedup_violations",
                 "dlq_after_redrive", "redriven_not_run_once", "redriven_not_completed",
-                "duplicate_runs"):  # fmt: skip
+                "duplicate_runs", "dead_letter_hooks_missing"):  # fmt: skip
         if r[key]:
             problems.append(f"{key}={r[key]}")
     if r["redriven"] != r["dead_lettered"]:
@@ -175,11 +178,11 @@ async def _hostile(target: Target, d: Path, seed: int, full: bool) -> dict[str, 
 
 
 SCENARIOS: dict[str, Scenario] = {
-    "crashes": Scenario(_crashes, _crash_verdict),
+    "crashes": Scenario(_crashes, _crash_verdict, WITH_SQS),
     "drain": Scenario(_drain, _drain_verdict),
-    "retries-dlq": Scenario(_fates, _fates_verdict),
+    "retries-dlq": Scenario(_fates, _fates_verdict, WITH_SQS),
     "timeouts": Scenario(_timeouts, _timeouts_verdict, engines=("sqlite",)),
-    "hostile": Scenario(_hostile, _hostile_verdict),
+    "hostile": Scenario(_hostile, _hostile_verdict, WITH_SQS),
     "sqlite-procs": Scenario(_sqlite_procs, _procs_verdict, engines=("sqlite",)),
     "redis-kill-always": Scenario(_redis("kill", "always"), _redis_verdict, ("redis",)),
     "redis-kill-everysec": Scenario(_redis("kill", "everysec"), _redis_verdict, ("redis",)),
@@ -200,6 +203,12 @@ async def run_scenario(name: str, engine: str, seed: int, full: bool, base: Path
         result = await scenario.run(sqlite_target(directory), directory, seed, full)
     elif name.startswith("redis-"):  # brings its own servers
         result = await scenario.run(Target("redis", ""), directory, seed, full)
+    elif engine == "sqs":
+        moto = MotoServer().start()
+        try:
+            result = await scenario.run(sqs_target(moto.endpoint), directory, seed, full)
+        finally:
+            moto.stop()
     else:
         from chaos import redis_faults
 

@@ -70,6 +70,8 @@ class _Running:
     record: JobRecord
     task: asyncio.Task[None]
     lease_lost: bool = False
+    #: A settlement was sent: the token may be gone because it was applied, not stolen.
+    settling: bool = False
 
 
 class Worker:
@@ -164,7 +166,8 @@ class Worker:
                 self.grace_period = 0
                 # The drain may already be waiting with the old grace period: cut it short.
                 for entry in list(self._running.values()):
-                    entry.task.cancel()  # each releases its job in its own handler
+                    if not entry.settling:  # a finished job is only waiting for its answer
+                        entry.task.cancel()  # each releases its job in its own handler
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
@@ -528,6 +531,9 @@ class Worker:
 
     async def _settle(self, settlement: Settlement, record: JobRecord) -> bool:
         assert self._settler is not None
+        running = self._running.get((record.queue, record.id))
+        if running is not None:
+            running.settling = True
         ok = await self._settler.settle(settlement)
         if not ok:
             self.counts.lost_leases += 1
@@ -567,7 +573,9 @@ class Worker:
                 log.error("extending %d lease(s) failed: %s", len(running), exc)
                 continue
             for entry, ok in zip(running, alive, strict=True):
-                if not ok and not entry.task.done():
+                # A lease that ended because its own settlement was applied is not lost:
+                # cancelling then would skip the job's hooks and alerts.
+                if not ok and not entry.task.done() and not entry.settling:
                     entry.lease_lost = True
                     self.counts.lost_leases += 1
                     log.warning(
