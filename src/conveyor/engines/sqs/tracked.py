@@ -282,8 +282,10 @@ class TrackedMode(TrackedAdmin):
         for queue in queues:
             active = await self.table.query(self.gs(queue, ACTIVE), limit=SWEEP_BATCH)
             parked = await self.table.query(self.gs(queue, PARKED), limit=SWEEP_BATCH)
-            # When to look again: the earliest entry this sweep leaves behind (due ones left
-            # over because ``limit`` was reached make that "now").
+            # When to look again: at the earliest entry not yet due, or at once if ``limit``
+            # left due ones over. Due entries this sweep cannot act on (another worker took
+            # them, or their message is receivable or gone) wait for the regular interval:
+            # a receive or the DLQ check deals with them.
             left: list[float] = []
             for entry, expired in [(e, True) for e in active] + [(e, False) for e in parked]:
                 due = float(entry["gt"])
@@ -293,14 +295,8 @@ class TrackedMode(TrackedAdmin):
                     item = await self._take(entry, lease_seconds, worker, now, real, expired)
                     if isinstance(item, dict):
                         leased.append(item)
-                    elif item == "raced":
-                        left.append(due)
-                    # "gone": its message is not in flight any more; a receive or the DLQ
-                    # check deals with it, and only the next regular sweep looks again.
                 elif float(entry.get("vis", 0.0)) > real + VISIBILITY_TOLERANCE:
                     resent |= await self._republish(queue, entry)
-                else:
-                    left.append(due)  # its message is receivable: a receive will get it
             full = len(active) == SWEEP_BATCH or len(parked) == SWEEP_BATCH
             host.swept(queue, now if full else min(left, default=math.inf))
         return await self._records(leased, now), resent

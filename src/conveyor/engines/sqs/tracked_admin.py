@@ -21,6 +21,8 @@ log = logging.getLogger("conveyor.engines.sqs")
 LIST_SCAN_LIMIT = 10_000
 #: DLQ receives per check for messages SQS moved there on its own (maxReceiveCount).
 ADOPT_ROUNDS = 10
+#: Retention by count reads the newest ``keep`` index entries: at most this often per task.
+TRIM_BY_COUNT_INTERVAL = 60.0
 
 
 class TrackedAdmin(TrackedBase):
@@ -187,15 +189,23 @@ class TrackedAdmin(TrackedBase):
 
     async def trim(self, queue: str, task: str, keep: int | None, older_than: float | None) -> int:
         """Delete completed jobs of ``task`` beyond the newest ``keep`` or older than
-        ``older_than``."""
-        entries = await self.table.query(
-            self.gs(queue, COMPLETED), forward=False, limit=LIST_SCAN_LIMIT
-        )
-        mine = [e for e in entries if e.get("task") == task]
+        ``older_than``.
+
+        By age it reads only the index entries old enough to go. By count it must read the
+        newest ``keep`` entries, so that part runs at most every ``TRIM_BY_COUNT_INTERVAL``
+        seconds per queue and task (workers call ``trim`` every few seconds)."""
         victims: dict[str, Item] = {}
+        bucket = self.gs(queue, COMPLETED)
         if older_than is not None:
-            victims.update({e["k"]: e for e in mine if float(e["gt"]) < older_than})
-        if keep is not None:
+            old = await self.table.query(bucket, high=older_than, limit=LIST_SCAN_LIMIT)
+            victims.update(
+                {e["k"]: e for e in old if e.get("task") == task and float(e["gt"]) < older_than}
+            )
+        last = self._trimmed_at.get((queue, task))
+        if keep is not None and (last is None or time.monotonic() - last >= TRIM_BY_COUNT_INTERVAL):
+            self._trimmed_at[(queue, task)] = time.monotonic()
+            newest = await self.table.query(bucket, forward=False, limit=LIST_SCAN_LIMIT)
+            mine = [e for e in newest if e.get("task") == task]
             victims.update({e["k"]: e for e in mine[keep:]})
         if victims:
             await self.table.delete_many(list(victims))
@@ -232,24 +242,23 @@ class TrackedAdmin(TrackedBase):
             for d in found:
                 if d.envelope is None:
                     continue  # not ours; leave it for whoever put it there
-                if await self._adopt_one(d, d.envelope, info.max_receive_count):
-                    adopted += 1
-                actions.ack(queue, d.receipt, dlq=True)
+                outcome = await self._adopt_one(d, d.envelope, info.max_receive_count)
+                adopted += outcome == "adopted"
+                if outcome != "later":
+                    actions.ack(queue, d.receipt, dlq=True)
             await actions.flush()
         return adopted
 
-    async def _adopt_one(self, d: Delivery, env: Envelope, max_receives: int | None) -> bool:
+    async def _adopt_one(self, d: Delivery, env: Envelope, max_receives: int | None) -> str:
+        """``adopted``, ``stale`` (the job moved on: finished, redriven, deleted) or ``later``
+        (a worker still holds a live lease on the job: look again next time)."""
         item = await self.table.get(self.key(env.queue, env.id))
-        if (
-            item is None
-            or item.get("msg") != env.nonce
-            or item.get("state")
-            not in (
-                "queued",
-                "active",
-            )
-        ):
-            return False  # the job moved on (finished, redriven, deleted): the message is stale
+        if item is None or item.get("msg") != env.nonce:
+            return "stale"
+        if item.get("state") not in ("queued", "active"):
+            return "stale"
+        if item.get("state") == "active" and float(item.get("lexp", 0.0)) > self.host.clock.now():
+            return "later"
         attempts = int(item.get("attempts", 0))
         number = attempts if item.get("state") == "active" else attempts + 1
         limit = max_receives or d.receive_count
@@ -282,6 +291,7 @@ class TrackedAdmin(TrackedBase):
                 ":att": attempts,
             },
         )
-        if ok:
-            log.error("job %s/%s dead-lettered by SQS's redrive policy", env.queue, env.id)
-        return ok
+        if not ok:
+            return "later"
+        log.error("job %s/%s dead-lettered by SQS's redrive policy", env.queue, env.id)
+        return "adopted"

@@ -26,6 +26,7 @@ class TrackedBase:
         self.table = StateTable(host.options, host.clients)
         self._registered: set[str] = set()
         self._adopted_at: dict[str, float] = {}
+        self._trimmed_at: dict[tuple[str, str], float] = {}
         self._sem = asyncio.Semaphore(CONCURRENCY)
 
     async def connect(self) -> None:
