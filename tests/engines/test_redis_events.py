@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,36 @@ async def test_result_survives_a_restart_while_the_job_runs(tmp_path: Path) -> N
         server.stop()
 
 
+async def test_many_waiters_share_one_subscription(redis_url: str) -> None:
+    app = conveyor.App(redis_url)
+
+    @app.task(queue="q")
+    async def square(n: int) -> int:
+        await asyncio.sleep(0.01)
+        return n * n
+
+    handles = await square.enqueue_many(range(200))
+    reads = count_reads(await app.engine())
+    waits = [asyncio.create_task(h.result(timeout=20)) for h in handles]
+    await asyncio.sleep(0.3)
+    engine = await app.engine()
+    raw = Redis.from_url(engine.options.redis_url)  # type: ignore[attr-defined]
+    try:
+        ((_, listeners),) = await raw.pubsub_numsub(engine._k("q").events)  # type: ignore[attr-defined]
+        assert listeners == 1  # one connection for all 200 waiters
+    finally:
+        await raw.aclose()
+    worker = conveyor.Worker(app, concurrency=20)
+    running = asyncio.create_task(worker.run())
+    try:
+        assert await asyncio.gather(*waits) == [n * n for n in range(200)]
+        assert len(reads) == 400
+    finally:
+        worker.stop()
+        await running
+        await app.close()
+
+
 async def test_result_polls_on_an_engine_without_events(tmp_path: Path) -> None:
     app = conveyor.App(f"sqlite:///{tmp_path / 'c.db'}")
 
@@ -411,6 +442,27 @@ async def test_a_consumer_that_falls_behind_is_told_to_reread(
     assert first.kind is EventKind.SUBSCRIBED  # the backlog was dropped: re-read
     await engine.enqueue([new_job("fresh")])
     assert (await anext(stream)).job_id == "fresh"
+    await stream.aclose()
+
+
+async def test_a_listening_key_renewed_too_late_is_announced_as_a_gap(
+    engine: RedisEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_module, "LISTEN_TTL", 0.3)
+    monkeypatch.setattr(hub_module, "LISTEN_RENEW", 0.1)
+    monkeypatch.setattr(hub_module, "RENEW_CHECK", 0.02)
+    monkeypatch.setattr(hub_module, "TICK", 0.05)
+    stream = engine.subscribe(["q"])
+    assert (await anext(stream)).kind is EventKind.SUBSCRIBED
+    await asyncio.sleep(0.5)  # renewed on time: no gap
+    await engine.enqueue([new_job("on-time")])
+    assert (await asyncio.wait_for(anext(stream), 2)).job_id == "on-time"
+    time.sleep(0.5)  # a blocked event loop: the listening key expires meanwhile
+    await engine.enqueue([new_job("unheard")])  # published to nobody: the key had expired
+    event = await asyncio.wait_for(anext(stream), 2)
+    assert event.kind is EventKind.SUBSCRIBED
+    await engine.enqueue([new_job("heard")])
+    assert (await asyncio.wait_for(anext(stream), 2)).job_id == "heard"
     await stream.aclose()
 
 

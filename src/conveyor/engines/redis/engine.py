@@ -26,7 +26,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
@@ -69,6 +69,11 @@ WAIT_GRACE = 5.0
 MIN_BLOCK = 0.001
 #: Pause after a failed wait, so an outage does not become a busy loop.
 WAIT_ERROR_PAUSE = 0.5
+#: Connections per server (the ``max_connections`` URL option overrides it). When all are
+#: busy, a command waits up to POOL_WAIT seconds for one instead of failing at once: a
+#: batch of finished jobs wakes every ``job.result()`` waiting for them at the same moment.
+DEFAULT_MAX_CONNECTIONS = 100
+POOL_WAIT = 10.0
 #: First server version with sharded pub/sub (SPUBLISH), which events use on a cluster.
 SHARDED_PUBSUB_VERSION = 7
 
@@ -145,7 +150,11 @@ class RedisEngine:
             kwargs["socket_timeout"] = None
         if self.options.cluster:
             return RedisCluster.from_url(self.options.redis_url, **kwargs)
-        return Redis.from_url(self.options.redis_url, **kwargs)
+        if blocking:
+            return Redis.from_url(self.options.redis_url, **kwargs)
+        kwargs.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
+        pool = BlockingConnectionPool.from_url(self.options.redis_url, timeout=POOL_WAIT, **kwargs)
+        return Redis.from_pool(pool)
 
     def _client_options(self) -> dict[str, Any]:
         return {
