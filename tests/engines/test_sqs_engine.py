@@ -463,3 +463,81 @@ async def test_requests_per_job_at_steady_state_with_batching(
             print(f"\n[{mode}] {stats.summary()}; {dict(sorted(ops.items()))}")
     finally:
         await app.close()
+
+
+# -- stale and orphan messages ------------------------------------------------------------
+
+
+async def test_left_over_and_orphan_messages_are_recognised(
+    moto_endpoint: str, moto_aws: SimpleNamespace
+) -> None:
+    app = conveyor.App(make_url(moto_endpoint, commit_grace=1))
+    ran: list[str] = []
+
+    @app.task
+    async def work(name: str) -> None:
+        ran.append(name)
+
+    try:
+        await work.enqueue("real")
+        engine = await app.engine()
+        assert isinstance(engine, SQSEngine)
+        url = queue_url(moto_aws, engine, "default")
+        (original,) = peek(moto_aws, url)
+        assert (await drain(app)).completed == 1
+        # A second copy of a finished job's message (SQS delivers at least once): dropped.
+        moto_aws.sqs.send_message(QueueUrl=url, MessageBody=original["Body"])
+        # A message whose job was never written (its producer died between the two calls):
+        # put back while the write could still land, dropped after commit_grace.
+        ghost = json.loads(original["Body"]) | {"id": "ghost", "nonce": "0123"}
+        moto_aws.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(ghost))
+        assert await engine.reserve(["default"], 10, 30, "w") == []
+        assert depth(moto_aws, url) == {"visible": 0, "hidden": 1, "delayed": 0}
+        await asyncio.sleep(2.2)
+        assert await engine.reserve(["default"], 10, 30, "w") == []
+        assert depth(moto_aws, url) == {"visible": 0, "hidden": 0, "delayed": 0}
+        assert ran == ["real"]
+    finally:
+        await app.close()
+
+
+async def test_a_message_that_is_not_a_conveyor_job_goes_to_the_dlq(
+    moto_endpoint: str, moto_aws: SimpleNamespace
+) -> None:
+    app = conveyor.App(make_url(moto_endpoint))
+
+    @app.task
+    async def work() -> None:
+        return None
+
+    try:
+        engine = await app.engine()
+        assert isinstance(engine, SQSEngine)
+        await engine.queues.get("default")  # created on first use
+        url = queue_url(moto_aws, engine, "default")
+        moto_aws.sqs.send_message(QueueUrl=url, MessageBody="hello from another system")
+        assert await engine.reserve(["default"], 10, 30, "w") == []
+        (moved,) = peek(moto_aws, queue_url(moto_aws, engine, "default", dlq=True))
+        assert moved["Body"] == "hello from another system"
+        assert "not a Conveyor job" in moved["MessageAttributes"]["conveyor-error"]["StringValue"]
+        assert depth(moto_aws, url)["visible"] == 0
+    finally:
+        await app.close()
+
+
+async def test_delivery_only_status_uses_queue_attributes(moto_endpoint: str, cli_url: Any) -> None:
+    url = make_url(moto_endpoint, tracked=False)
+    app = conveyor.App(url)
+
+    @app.task(queue="mail")
+    async def send(n: int) -> None:
+        return None
+
+    try:
+        await send.enqueue_many(range(3))
+        (stats,) = await app.stats()
+        assert stats.queue == "mail" and stats.counts[conveyor.State.QUEUED] == 3
+    finally:
+        await app.close()
+    status = await asyncio.to_thread(cli_url, url, "status")
+    assert "mail" in status

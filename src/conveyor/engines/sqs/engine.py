@@ -56,7 +56,7 @@ log = logging.getLogger("conveyor.engines.sqs")
 DEFAULT_LEASE_SECONDS = 30.0
 #: Room left in an SQS message for the envelope around the payload (delivery-only mode).
 ENVELOPE_HEADROOM = 16 * 1024
-#: After a receive came back empty, another receive within this many seconds is skipped.
+#: After a long poll came back empty, a receive within this many seconds is skipped.
 QUIET_WINDOW = 0.05
 #: Kept messages older than this get their visibility renewed when they are started.
 REFRESH_AFTER = 1.0
@@ -205,15 +205,13 @@ class SQSEngine:
         loop = asyncio.get_running_loop()
 
         async def one(queue: str) -> None:
-            # A receive that just came back empty needs no second look. (A long poll still
-            # in flight is no reason to skip: a burst worker must not decide "nothing to
-            # do" on a poll whose answer has not come yet.)
+            # A long poll that just came back empty needs no second look right after it (the
+            # worker's loop is: reserve, wait, reserve...). A long poll still in flight is no
+            # reason to skip: a burst worker must not decide "nothing to do" on a poll whose
+            # answer has not come yet.
             if not force and loop.time() - self._quiet.get(queue, -math.inf) < QUIET_WINDOW:
                 return
-            found = await self.queues.receive(queue, BATCH, lease_seconds)
-            self._prefetch.add(found)
-            if not found:
-                self._quiet[queue] = loop.time()
+            self._prefetch.add(await self.queues.receive(queue, BATCH, lease_seconds))
 
         await asyncio.gather(*(one(q) for q in names))
 

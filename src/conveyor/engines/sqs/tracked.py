@@ -56,7 +56,7 @@ log = logging.getLogger("conveyor.engines.sqs")
 PAYLOAD_LIMIT = 384 * 1024
 #: Results above this size are stored in S3 with claim-check, or not stored (with a log line).
 RESULT_LIMIT = 256 * 1024
-#: A message that arrives before its state-table write is put back for this long, then re-read.
+#: A message that arrives before its state-table write is put back at least this long.
 POSTPONE_SECONDS = 2.0
 #: SQS may show a message up to a second late (whole-second timers); below this gap between
 #: a message's expected and actual visibility the sweep does not re-send it.
@@ -203,7 +203,8 @@ class TrackedMode(TrackedAdmin):
         )
         if ok:
             return item
-        young = real - d.sent_at < host.options.commit_grace
+        age = real - d.sent_at
+        young = age < host.options.commit_grace
         if item is None or item.get("msg") != env.nonce:
             # No item yet, or it names another message: a write may be pending (this message
             # is new, or replaces the item's current one) or the message is a stale copy.
@@ -211,7 +212,10 @@ class TrackedMode(TrackedAdmin):
                 item is not None and env.kind == "re" and env.prev == item.get("msg")
             )
             if pending and young:
-                actions.hold(d.queue, d.receipt, POSTPONE_SECONDS)
+                # Look again soon, then less and less often: a write that is late by now
+                # has likely failed, and each look is a receive.
+                wait = min(max(POSTPONE_SECONDS, age), host.options.commit_grace - age)
+                actions.hold(d.queue, d.receipt, max(wait, POSTPONE_SECONDS))
             else:
                 actions.ack(d.queue, d.receipt)
             return None
