@@ -193,7 +193,10 @@ def cmd_latency(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.reps):
         samples: list[float] = []
         lost = 0
+        rep_deadline = time.monotonic() + args.rep_seconds  # arq polls: ~0.25 s per job
         for _ in range(args.n):
+            if time.monotonic() > rep_deadline:
+                break
             base = rec.count()
             t0 = time.monotonic()
             if is_async:
@@ -238,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--gap", type=float, default=0.003)
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--rep-seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     adapter = load(args.target)(os.environ[URL_ENV])
     commands = {"info": cmd_info, "enqueue": cmd_enqueue, "latency": cmd_latency}
