@@ -113,6 +113,8 @@ def main() -> None:
             }
         for name in names:
             log(f"== {name}")
+            if args.merge and name in doc["targets"]:  # keep what the re-run replaces
+                doc.setdefault("superseded", {}).setdefault(name, []).append(doc["targets"][name])
             doc["targets"][name] = measure(name, settings, server)
             write(doc, stamp)  # keep what was measured if a later target hangs
     finally:

@@ -265,6 +265,16 @@ def render(doc: Doc) -> str:
         "ratios in brackets are *peer ÷ Conveyor* (for rates < 1 means Conveyor is faster; "
         "for latency, CPU, commands and memory > 1 means Conveyor spends less).\n"
     )
+    reruns = doc.get("reruns") or []
+    if reruns:
+        head += "\nRe-measured later in the same conditions (private server, same machine): " + (
+            "; ".join(
+                f"{', '.join(r['targets'])} at {r['date']} (load "
+                f"{', '.join(f'{x:.2f}' for x in r['load_start'])})"
+                for r in reruns
+            )
+            + ". The replaced measurements are kept in the JSON under `superseded`.\n"
+        )
     return "\n".join(
         [
             head,
