@@ -91,10 +91,10 @@ def ids_of(event: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.fixture
-def lambda_app(moto_endpoint: str, request: pytest.FixtureRequest) -> Iterator[conveyor.App]:
+def lambda_app(sqs_endpoint: str, request: pytest.FixtureRequest) -> Iterator[conveyor.App]:
     """An app on a fresh SQS URL; ``request.param`` holds extra URL options."""
     options = dict(getattr(request, "param", {}))
-    app = conveyor.App(make_url(moto_endpoint, **options))
+    app = conveyor.App(make_url(sqs_endpoint, **options))
     yield app
     app.close_sync()
 

@@ -92,8 +92,8 @@ def test_url_options_are_parsed_and_bad_ones_refused() -> None:
             SQSOptions.from_url(url)
 
 
-def test_queue_names_must_map_to_sqs_names(moto_endpoint: str) -> None:
-    engine = SQSEngine.from_url(make_url(moto_endpoint), conveyor.SystemClock())
+def test_queue_names_must_map_to_sqs_names(sqs_endpoint: str) -> None:
+    engine = SQSEngine.from_url(make_url(sqs_endpoint), conveyor.SystemClock())
     assert engine.queues.sqs_name("media").endswith("-media")
     with pytest.raises(conveyor.ConfigurationError, match="letters, digits"):
         engine.queues.sqs_name("image.processing")
@@ -105,10 +105,10 @@ def test_queue_names_must_map_to_sqs_names(moto_endpoint: str) -> None:
 
 
 async def test_thirty_minute_backoff_hides_the_failed_message_with_change_visibility(
-    moto_endpoint: str, moto_aws: SimpleNamespace
+    sqs_endpoint: str, moto_aws: SimpleNamespace
 ) -> None:
     clock = conveyor.ManualClock()
-    app = conveyor.App(make_url(moto_endpoint), clock=clock)
+    app = conveyor.App(make_url(sqs_endpoint), clock=clock)
     calls = 0
 
     @app.task(retries=1, backoff=conveyor.Backoff.schedule(1800))
@@ -143,10 +143,10 @@ async def test_thirty_minute_backoff_hides_the_failed_message_with_change_visibi
 
 
 async def test_delays_beyond_twelve_hours_are_refused_and_long_backoffs_capped(
-    moto_endpoint: str, caplog: pytest.LogCaptureFixture
+    sqs_endpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = conveyor.ManualClock()
-    app = conveyor.App(make_url(moto_endpoint), clock=clock)
+    app = conveyor.App(make_url(sqs_endpoint), clock=clock)
 
     @app.task(retries=1, backoff=conveyor.Backoff.schedule(50_000))
     async def slow_retry() -> None:
@@ -172,9 +172,9 @@ async def test_delays_beyond_twelve_hours_are_refused_and_long_backoffs_capped(
 
 
 async def test_delivery_only_dead_letter_carries_every_attempt_to_the_dlq(
-    moto_endpoint: str, moto_aws: SimpleNamespace, cli_url: Any
+    sqs_endpoint: str, moto_aws: SimpleNamespace, cli_url: Any
 ) -> None:
-    url = make_url(moto_endpoint, tracked=False)
+    url = make_url(sqs_endpoint, tracked=False)
     app = conveyor.App(url)
 
     @app.task(name="reports.build", retries=2, backoff=conveyor.Backoff.fixed(0))
@@ -210,10 +210,10 @@ async def test_delivery_only_dead_letter_carries_every_attempt_to_the_dlq(
 
 @pytest.mark.parametrize("tracked", MODES)
 async def test_crash_loop_reaches_the_dlq_through_max_receive_count(
-    moto_endpoint: str, tracked: bool, cli_url: Any
+    sqs_endpoint: str, tracked: bool, cli_url: Any
 ) -> None:
     # Conveyor would allow 6 tries; SQS's redrive policy stops the job after 2 receives.
-    url = make_url(moto_endpoint, tracked=tracked, max_receive_count=2)
+    url = make_url(sqs_endpoint, tracked=tracked, max_receive_count=2)
     app = conveyor.App(url)
 
     @app.task(name="oom", retries=5)
@@ -241,9 +241,9 @@ async def test_crash_loop_reaches_the_dlq_through_max_receive_count(
 
 
 async def test_delivery_only_redrive_moves_dead_jobs_back_in_batches_with_history(
-    moto_endpoint: str, moto_aws: SimpleNamespace
+    sqs_endpoint: str, moto_aws: SimpleNamespace
 ) -> None:
-    app = conveyor.App(make_url(moto_endpoint, tracked=False))
+    app = conveyor.App(make_url(sqs_endpoint, tracked=False))
     fixed: set[int] = set()
 
     @app.task(retries=0)
@@ -280,9 +280,9 @@ async def test_delivery_only_redrive_moves_dead_jobs_back_in_batches_with_histor
 
 @pytest.mark.parametrize("tracked", MODES)
 async def test_fifo_deduplicates_job_ids(
-    moto_endpoint: str, moto_aws: SimpleNamespace, tracked: bool
+    sqs_endpoint: str, moto_aws: SimpleNamespace, tracked: bool
 ) -> None:
-    app = conveyor.App(make_url(moto_endpoint, tracked=tracked, fifo="true"))
+    app = conveyor.App(make_url(sqs_endpoint, tracked=tracked, fifo="true"))
 
     @app.task
     async def charge(order: str) -> None:
@@ -303,9 +303,9 @@ async def test_fifo_deduplicates_job_ids(
 
 
 async def test_fifo_runs_a_group_in_order_even_with_a_retry_and_concurrency(
-    moto_endpoint: str,
+    sqs_endpoint: str,
 ) -> None:
-    app = conveyor.App(make_url(moto_endpoint, fifo="true"), clock=conveyor.ManualClock())
+    app = conveyor.App(make_url(sqs_endpoint, fifo="true"), clock=conveyor.ManualClock())
     ran: list[int] = []
     failed_once: set[int] = set()
 
@@ -332,11 +332,11 @@ async def test_fifo_runs_a_group_in_order_even_with_a_retry_and_concurrency(
 
 @pytest.mark.parametrize("tracked", MODES)
 async def test_claim_check_carries_large_payloads_through_s3_and_cleans_up(
-    moto_endpoint: str, moto_aws: SimpleNamespace, tracked: bool
+    sqs_endpoint: str, moto_aws: SimpleNamespace, tracked: bool
 ) -> None:
     bucket = f"claims-{os.urandom(4).hex()}"
     url = make_url(
-        moto_endpoint,
+        sqs_endpoint,
         tracked=tracked,
         claim_check=f"s3://{bucket}/jobs",
         claim_check_threshold=1024,
@@ -363,9 +363,9 @@ async def test_claim_check_carries_large_payloads_through_s3_and_cleans_up(
 
 
 async def test_payload_over_the_queues_maximum_message_size_is_refused_with_advice(
-    moto_endpoint: str, moto_aws: SimpleNamespace
+    sqs_endpoint: str, moto_aws: SimpleNamespace
 ) -> None:
-    url = make_url(moto_endpoint, tracked=False)
+    url = make_url(sqs_endpoint, tracked=False)
     prefix = SQSOptions.from_url(url).prefix
     dlq = moto_aws.sqs.create_queue(QueueName=f"{prefix}small-dlq")["QueueUrl"]
     arn = moto_aws.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])
@@ -389,8 +389,8 @@ async def test_payload_over_the_queues_maximum_message_size_is_refused_with_advi
         await app.close()
 
 
-async def test_state_table_payload_limit_is_dynamodbs_item_size(moto_endpoint: str) -> None:
-    app = conveyor.App(make_url(moto_endpoint), max_payload_bytes=1_000_000)
+async def test_state_table_payload_limit_is_dynamodbs_item_size(sqs_endpoint: str) -> None:
+    app = conveyor.App(make_url(sqs_endpoint), max_payload_bytes=1_000_000)
 
     @app.task
     async def upload(data: str) -> None:
@@ -406,8 +406,8 @@ async def test_state_table_payload_limit_is_dynamodbs_item_size(moto_endpoint: s
 # -- pause, requests ----------------------------------------------------------------------
 
 
-async def test_pause_is_a_queue_tag_every_engine_sees(moto_endpoint: str) -> None:
-    url = make_url(moto_endpoint)
+async def test_pause_is_a_queue_tag_every_engine_sees(sqs_endpoint: str) -> None:
+    url = make_url(sqs_endpoint)
     producer, worker = conveyor.App(url), conveyor.App(url)
 
     @producer.task(queue="mail")
@@ -433,9 +433,9 @@ async def test_pause_is_a_queue_tag_every_engine_sees(moto_endpoint: str) -> Non
 
 @pytest.mark.parametrize("tracked", MODES)
 async def test_requests_per_job_at_steady_state_with_batching(
-    moto_endpoint: str, tracked: bool, capsys: pytest.CaptureFixture[str]
+    sqs_endpoint: str, tracked: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    app = conveyor.App(make_url(moto_endpoint, tracked=tracked))
+    app = conveyor.App(make_url(sqs_endpoint, tracked=tracked))
 
     @app.task(keep_completed=conveyor.Keep(count=0))
     async def noop(n: int) -> None:
@@ -469,9 +469,9 @@ async def test_requests_per_job_at_steady_state_with_batching(
 
 
 async def test_left_over_and_orphan_messages_are_recognised(
-    moto_endpoint: str, moto_aws: SimpleNamespace
+    sqs_endpoint: str, moto_aws: SimpleNamespace
 ) -> None:
-    app = conveyor.App(make_url(moto_endpoint, commit_grace=1))
+    app = conveyor.App(make_url(sqs_endpoint, commit_grace=1))
     ran: list[str] = []
 
     @app.task
@@ -502,9 +502,9 @@ async def test_left_over_and_orphan_messages_are_recognised(
 
 
 async def test_a_message_that_is_not_a_conveyor_job_goes_to_the_dlq(
-    moto_endpoint: str, moto_aws: SimpleNamespace
+    sqs_endpoint: str, moto_aws: SimpleNamespace
 ) -> None:
-    app = conveyor.App(make_url(moto_endpoint))
+    app = conveyor.App(make_url(sqs_endpoint))
 
     @app.task
     async def work() -> None:
@@ -525,8 +525,8 @@ async def test_a_message_that_is_not_a_conveyor_job_goes_to_the_dlq(
         await app.close()
 
 
-async def test_delivery_only_status_uses_queue_attributes(moto_endpoint: str, cli_url: Any) -> None:
-    url = make_url(moto_endpoint, tracked=False)
+async def test_delivery_only_status_uses_queue_attributes(sqs_endpoint: str, cli_url: Any) -> None:
+    url = make_url(sqs_endpoint, tracked=False)
     app = conveyor.App(url)
 
     @app.task(queue="mail")
