@@ -68,6 +68,8 @@ EXTERNAL_POLL = 0.01
 POLL_ERROR_PAUSE = 1.0
 #: Seconds ``close`` lets in-flight long polls finish (their messages are given back).
 CLOSE_GRACE = 2.0
+#: How often a busy engine logs its request count and requests per job.
+REQUEST_LOG_INTERVAL = 300.0
 
 
 class SQSEngine:
@@ -476,9 +478,16 @@ class SQSEngine:
             actions.hold(d.queue, d.receipt, SQS_MAX_VISIBILITY)
 
     async def _tend(self) -> None:
-        """Give back kept messages older than ``prefetch_hold``."""
+        """Give back kept messages older than ``prefetch_hold``; log the request count now
+        and then (SQS bills per request)."""
+        logged_at, logged_total = time.monotonic(), 0
         while True:
             await asyncio.sleep(TEND_INTERVAL)
+            if time.monotonic() - logged_at >= REQUEST_LOG_INTERVAL:
+                stats = self.request_stats()
+                if stats.total != logged_total and stats.jobs_finished:
+                    log.info("SQS engine so far: %s", stats.summary())
+                logged_at, logged_total = time.monotonic(), stats.total
             stale = self._prefetch.stale(self.options.prefetch_hold)
             if stale:
                 try:
