@@ -249,3 +249,33 @@ def load_logs(text: str | bytes | None) -> list[LogLine]:
     if not text:
         return []
     return [LogLine(item["at"], item["message"]) for item in json.loads(text)]
+
+
+def load_options(text: Any) -> dict[str, Any]:
+    """A stored job's options; a corrupted value becomes an :data:`UNREADABLE_OPTIONS` note
+    that the worker dead-letters the job for, so one bad row cannot stop a queue."""
+    if text in (b"{}", "{}"):
+        return {}
+    try:
+        options = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        return {UNREADABLE_OPTIONS: f"stored options are not JSON ({exc})"}
+    if not isinstance(options, dict):
+        return {UNREADABLE_OPTIONS: f"stored options are not a JSON object: {text!r:.100}"}
+    return options
+
+
+def load_failures_or_empty(text: Any) -> list[Attempt]:
+    """:func:`load_failures`, reading a corrupted value as an empty log."""
+    try:
+        return load_failures(text)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return []
+
+
+def load_logs_or_empty(text: Any) -> list[LogLine]:
+    """:func:`load_logs`, reading a corrupted value as no lines."""
+    try:
+        return load_logs(text)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return []

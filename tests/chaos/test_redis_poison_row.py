@@ -1,19 +1,16 @@
-"""Reported, not fixed here (the Redis engine is another engineer's): a job whose stored
-options are not JSON makes every reserve that returns it raise, so the whole queue stops.
+"""A Redis job whose stored options are not JSON is dead-lettered with the reason; it used to
+make every reserve that returned it raise, so the whole queue stopped.
 
-The SQLite engine had the same fault; it now reads such a row with an
-``unreadable_options`` note that the worker dead-letters (see test_hostile_input.py). The
-Redis engine's ``wire.record`` calls ``json.loads`` on the options unguarded. This test
-corrupts one job's options in place with a Lua script, then runs a worker: expected, the
-five good jobs complete and the bad one is dead-lettered as OptionsInvalid.
+Both engines now read stored options through ``records.load_options``, which turns a
+corrupted value into an ``unreadable_options`` note that the worker dead-letters. This test
+corrupts one job's options in place with a Lua script, then runs a worker: the five good jobs
+complete and the bad one is dead-lettered as OptionsInvalid.
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-
-import pytest
 
 import conveyor
 from chaos import tasks
@@ -29,7 +26,6 @@ return 1
 """
 
 
-@pytest.mark.xfail(reason="Redis engine: wire.record json.loads(options) unguarded", strict=False)
 def test_a_corrupted_options_field_does_not_stop_a_redis_queue(tmp_path: Path) -> None:
     server = Server(tmp_path / "redis")
     server.start()

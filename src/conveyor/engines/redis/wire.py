@@ -20,8 +20,9 @@ from conveyor.records import (
     Retry,
     Settlement,
     State,
-    load_failures,
-    load_logs,
+    load_failures_or_empty,
+    load_logs_or_empty,
+    load_options,
 )
 
 log = logging.getLogger("conveyor.engines.redis")
@@ -70,7 +71,7 @@ def record(queue: str, row: list[Any], now: float) -> JobRecord:
     if state is State.QUEUED and run_at > now:
         state = State.SCHEDULED
     raw_options = row[8]
-    options: dict[str, Any] = {} if raw_options == b"{}" else json.loads(raw_options)
+    options = load_options(raw_options)
     if row[9]:
         options["redriven"] = row[9]
     started, finished, token, expires = row[10], row[11], row[14], row[15]
@@ -89,8 +90,8 @@ def record(queue: str, row: list[Any], now: float) -> JobRecord:
         None if finished is None else float(finished),
         float(row[12]),
         row[13],
-        load_failures(row[17]),
-        load_logs(row[18]),
+        load_failures_or_empty(row[17]),
+        load_logs_or_empty(row[18]),
         None if token is None else token.decode(),
         None if expires is None else float(expires),
         row[16].decode(),

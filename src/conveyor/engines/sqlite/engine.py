@@ -24,7 +24,6 @@ from conveyor.clock import Clock
 from conveyor.engines import named_sql
 from conveyor.errors import ConfigurationError
 from conveyor.records import (
-    UNREADABLE_OPTIONS,
     Complete,
     DeadLetter,
     JobRecord,
@@ -35,8 +34,9 @@ from conveyor.records import (
     Retry,
     Settlement,
     State,
-    load_failures,
-    load_logs,
+    load_failures_or_empty,
+    load_logs_or_empty,
+    load_options,
 )
 
 _PACKAGE = "conveyor.engines.sqlite"
@@ -449,37 +449,17 @@ class SQLiteEngine:
             run_at=row["run_at"],
             created_at=row["created_at"],
             attempts=row["attempts"],
-            options=_options(row["options"]),
+            options=load_options(row["options"]),
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             progress=row["progress"],
             result=row["result"],
-            failures=_or_empty(load_failures, row["failures"]),
-            logs=_or_empty(load_logs, row["logs"]),
+            failures=load_failures_or_empty(row["failures"]),
+            logs=load_logs_or_empty(row["logs"]),
             lease_token=row["lease_token"],
             lease_expires_at=row["lease_expires_at"],
             worker=row["worker"],
         )
-
-
-def _options(text: Any) -> dict[str, Any]:
-    """A row's options; a corrupted value becomes a note the worker dead-letters the job
-    for, so one bad row cannot make every reserve that returns it fail."""
-    try:
-        options = json.loads(text)
-    except (TypeError, ValueError) as exc:
-        return {UNREADABLE_OPTIONS: f"options column is not JSON ({exc})"}
-    if not isinstance(options, dict):
-        return {UNREADABLE_OPTIONS: f"options column is not a JSON object: {text!r:.100}"}
-    return options
-
-
-def _or_empty(load: Callable[[Any], list[T]], text: Any) -> list[T]:
-    """A row's failure log or log lines; a corrupted value reads as empty."""
-    try:
-        return load(text)
-    except (TypeError, ValueError, KeyError, AttributeError):
-        return []
 
 
 def _rows(jobs: Sequence[NewJob]) -> list[dict[str, Any]]:
