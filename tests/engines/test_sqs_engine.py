@@ -283,10 +283,11 @@ async def test_fifo_deduplicates_job_ids(
     sqs_endpoint: str, moto_aws: SimpleNamespace, tracked: bool
 ) -> None:
     app = conveyor.App(make_url(sqs_endpoint, tracked=tracked, fifo="true"))
+    charged: list[str] = []
 
-    @app.task
+    @app.task(keep_completed=conveyor.Keep(count=0))
     async def charge(order: str) -> None:
-        return None
+        charged.append(order)
 
     try:
         first = await charge.enqueue("a", job_id="order-1")
@@ -297,7 +298,19 @@ async def test_fifo_deduplicates_job_ids(
         assert isinstance(engine, SQSEngine)
         url = queue_url(moto_aws, engine, "default")
         assert url.endswith(".fifo")
-        assert depth(moto_aws, url)["visible"] == 1  # SQS dropped the repeated id
+        if not tracked:
+            # The job id is the MessageDeduplicationId: SQS dropped the repeated one.
+            assert depth(moto_aws, url)["visible"] == 1
+        await drain(app, run_scheduled=tracked)
+        assert charged == ["a"]
+        assert depth(moto_aws, url) == {"visible": 0, "hidden": 0, "delayed": 0}
+        if tracked:
+            # The record is gone (Keep(count=0)): the id may be used again at once, which
+            # SQS's own 5-minute deduplication would have refused.
+            third = await charge.enqueue("c", job_id="order-1")
+            assert third.created
+            await drain(app)
+            assert charged == ["a", "c"]
     finally:
         await app.close()
 

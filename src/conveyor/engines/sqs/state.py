@@ -15,6 +15,10 @@ Buckets: ``ready`` (queued, its message receivable; gt = run_at), ``parked`` (qu
 message held back until its run_at by a delay or ChangeMessageVisibility; gt = run_at),
 ``active`` (gt = lease expiry), ``completed`` and ``dead`` (gt = finish time). Queues are
 registered in the same table under ``gs = "#queues|<prefix>"`` so ``stats`` can list them.
+
+A deleted job leaves a *tombstone* (state ``gone``, outside the index, removed by DynamoDB's
+TTL on ``expires`` after a day): a late copy of its message is then known to be stale and
+dropped at once, and the job id can be used again.
 """
 
 from __future__ import annotations
@@ -40,6 +44,40 @@ PROJECTED = ["id", "pri", "created", "started", "task", "pref", "rref", "state",
 GET_BATCH, WRITE_BATCH = 100, 25
 #: Seconds to wait for a table created by this engine to become ACTIVE.
 CREATE_TIMEOUT = 120.0
+#: Every attribute of a job's item but its key, state and message nonce.
+JOB_ATTRIBUTES = [
+    "q",
+    "id",
+    "task",
+    "payload",
+    "pref",
+    "pri",
+    "run_at",
+    "created",
+    "opts",
+    "redriven",
+    "attempts",
+    "progress",
+    "result",
+    "rref",
+    "failures",
+    "logs",
+    "tok",
+    "lexp",
+    "wk",
+    "rh",
+    "rc",
+    "rt",
+    "vis",
+    "gs",
+    "gt",
+    "started",
+    "finished",
+]
+#: The state of a deleted job's tombstone, and how long DynamoDB keeps it (TTL attribute).
+GONE = "gone"
+TOMBSTONE_SECONDS = 86_400
+TTL_ATTRIBUTE = "expires"
 _NAME_TOKEN = re.compile(r"#(\w+)")
 _VALUE_TOKEN = re.compile(r":\w+")
 
@@ -114,26 +152,45 @@ class StateTable:
         while loop.time() < deadline:
             described = await self.db.describe_table(TableName=self.name)
             if described["Table"]["TableStatus"] == "ACTIVE":
-                return
+                break
             await asyncio.sleep(1.0)
-        raise ConfigurationError(f"DynamoDB table {self.name!r} did not become ACTIVE in time")
+        else:
+            raise ConfigurationError(f"DynamoDB table {self.name!r} did not become ACTIVE in time")
+        try:
+            await self.db.update_time_to_live(
+                TableName=self.name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+            )
+        except Exception as exc:  # another process enabled it first, or no permission
+            log.warning("could not enable TTL on %s.%s: %s", self.name, TTL_ATTRIBUTE, exc)
 
     # -- single items -----------------------------------------------------------------------
 
     async def put_new(self, item: Item) -> tuple[bool, Item | None]:
-        """Store ``item`` unless its key exists: ``(True, None)`` or ``(False, existing)``."""
+        """Store ``item`` unless its key holds a live item (a tombstone may be replaced):
+        ``(True, None)`` or ``(False, existing)``."""
+        return await self.put(item, "attribute_not_exists(#k) OR #state = :gone", {":gone": GONE})
+
+    async def put(
+        self, item: Item, condition: str, values: dict[str, Any]
+    ) -> tuple[bool, Item | None]:
+        """Conditional ``PutItem`` replacing the whole item: ``(True, old item or None)`` or
+        ``(False, current or None)``."""
         try:
-            await self.db.put_item(
+            response = await self.db.put_item(
                 TableName=self.name,
                 Item=marshal_item(item),
-                ConditionExpression="attribute_not_exists(k)",
+                ConditionExpression=condition,
+                ReturnValues="ALL_OLD",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **_expression_args(condition, values),
             )
         except Exception as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
             return False, _old(exc)
-        return True, None
+        old = response.get("Attributes")
+        return True, None if not old else unmarshal_item(old)
 
     async def update(
         self,
@@ -165,24 +222,19 @@ class StateTable:
             return False, _old(exc)
         return True, unmarshal_item(response.get("Attributes", {}))
 
-    async def delete(
-        self, key: str, condition: str, values: dict[str, Any]
+    async def bury(
+        self, key: str, condition: str, values: dict[str, Any], now: float
     ) -> tuple[bool, Item | None]:
-        """Conditional ``DeleteItem``: ``(True, old item)`` or ``(False, current or None)``."""
-        try:
-            response = await self.db.delete_item(
-                TableName=self.name,
-                Key={"k": {"S": key}},
-                ConditionExpression=condition,
-                ReturnValues="ALL_OLD",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                **_expression_args(condition, values),
-            )
-        except Exception as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-            return False, _old(exc)
-        return True, unmarshal_item(response.get("Attributes", {}))
+        """Conditionally turn a job's item into its tombstone: ``(True, old item)`` or
+        ``(False, current or None)``."""
+        removed = ", ".join(f"#{a}" for a in JOB_ATTRIBUTES)
+        return await self.update(
+            key,
+            f"SET #state = :gone, #{TTL_ATTRIBUTE} = :expires REMOVE {removed}",
+            condition,
+            {**values, ":gone": GONE, ":expires": int(now) + TOMBSTONE_SECONDS},
+            returns="ALL_OLD",
+        )
 
     async def get(self, key: str) -> Item | None:
         """One item, strongly consistent."""
@@ -213,10 +265,13 @@ class StateTable:
                     await asyncio.sleep(0.05)  # throttled: back off briefly and ask again
         return found
 
-    async def delete_many(self, keys: Sequence[str]) -> None:
-        """Delete items unconditionally, 25 per request."""
-        for i in range(0, len(keys), WRITE_BATCH):
-            requests = [{"DeleteRequest": {"Key": {"k": {"S": k}}}} for k in keys[i : i + 25]]
+    async def bury_many(self, items: Sequence[Item], now: float) -> None:
+        """Replace items by tombstones unconditionally, 25 per request."""
+        for i in range(0, len(items), WRITE_BATCH):
+            requests = [
+                {"PutRequest": {"Item": marshal_item(tombstone(item, now))}}
+                for item in items[i : i + WRITE_BATCH]
+            ]
             pending: dict[str, Any] = {self.name: requests}
             while pending:
                 response = await self.db.batch_write_item(RequestItems=pending)
@@ -289,6 +344,16 @@ class StateTable:
 
 
 # -- marshalling ------------------------------------------------------------------------------
+
+
+def tombstone(item: Item, now: float) -> Item:
+    """What is left of a deleted job: its key, its last message's nonce, an expiry."""
+    return {
+        "k": item["k"],
+        "state": GONE,
+        "msg": item.get("msg"),
+        TTL_ATTRIBUTE: int(now) + TOMBSTONE_SECONDS,
+    }
 
 
 def marshal(value: Any) -> dict[str, Any]:

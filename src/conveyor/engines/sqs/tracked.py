@@ -35,7 +35,7 @@ from conveyor.engines.sqs.actions import Actions
 from conveyor.engines.sqs.envelope import TASK_ATTRIBUTE, Delivery, Envelope, dedup_id, new_nonce
 from conveyor.engines.sqs.options import SQS_MAX_VISIBILITY
 from conveyor.engines.sqs.queues import SendEntry
-from conveyor.engines.sqs.state import ACTIVE, COMPLETED, DEAD, PARKED, READY, Item
+from conveyor.engines.sqs.state import ACTIVE, COMPLETED, DEAD, GONE, PARKED, READY, Item
 from conveyor.engines.sqs.tracked_admin import TrackedAdmin
 from conveyor.errors import EngineUnavailable, PayloadTooLarge
 from conveyor.records import (
@@ -118,7 +118,10 @@ class TrackedMode(TrackedAdmin):
                 body=envelope.encode(),
                 delay=sent_delay,
                 group=host.group_id(job.queue, job.task, job.id),
-                dedup=dedup_id(job.id),
+                # The table refuses a repeated id for good; SQS's 5-minute dedup on the job id
+                # would also drop the message of a job re-enqueued after its record was
+                # deleted, leaving a record with no message. So each message is unique.
+                dedup=dedup_id(f"{job.id}/{nonce}"),
                 attributes={TASK_ATTRIBUTE: job.task},
             )
             by_queue.setdefault(job.queue, []).append((i, entry))
@@ -220,8 +223,8 @@ class TrackedMode(TrackedAdmin):
                 actions.ack(d.queue, d.receipt)
             return None
         state = item.get("state")
-        if state in (COMPLETED, DEAD):
-            actions.ack(d.queue, d.receipt)  # a redelivery of a job that already finished
+        if state in (COMPLETED, DEAD, GONE):
+            actions.ack(d.queue, d.receipt)  # a redelivery of a job that finished or was deleted
         elif state == "queued":
             await self._park(d, env, item, now, real, actions)
         elif state == "active":
@@ -477,7 +480,7 @@ class TrackedMode(TrackedAdmin):
         guard = "#tok = :tok AND #state = :active"
         base: dict[str, Any] = {":tok": lease.token, ":active": "active"}
         if isinstance(s, Complete) and not s.keep:
-            ok, old = await self.table.delete(key, guard, base)
+            ok, old = await self.table.bury(key, guard, base, now)
             if ok and old is not None:
                 actions.ack(lease.queue, old.get("rh"))
                 await self._drop_blobs([old])

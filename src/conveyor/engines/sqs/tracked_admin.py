@@ -11,7 +11,16 @@ from collections.abc import Sequence
 
 from conveyor.engines.sqs.envelope import TASK_ATTRIBUTE, Delivery, Envelope, dedup_id, new_nonce
 from conveyor.engines.sqs.queues import SendEntry
-from conveyor.engines.sqs.state import ACTIVE, COMPLETED, DEAD, PARKED, READY, Item, keys_of
+from conveyor.engines.sqs.state import (
+    ACTIVE,
+    COMPLETED,
+    DEAD,
+    GONE,
+    PARKED,
+    READY,
+    Item,
+    keys_of,
+)
 from conveyor.engines.sqs.tracked_base import TrackedBase
 from conveyor.records import Attempt, JobRecord, Outcome, QueueStats, State
 
@@ -34,7 +43,7 @@ class TrackedAdmin(TrackedBase):
         """One job's record (strongly consistent)."""
         host = self.host
         item = await self.table.get(self.key(queue, job_id))
-        if item is None:
+        if item is None or item.get("state") == GONE:
             return None
         # A running job whose lease ran out and whose message SQS should show again by now
         # may sit in the DLQ, moved there by the redrive policy (a crash loop): check.
@@ -176,9 +185,14 @@ class TrackedAdmin(TrackedBase):
     async def delete(self, queue: str, job_ids: Sequence[str]) -> int:
         """Delete jobs that are not running (their messages, if any, go stale)."""
 
+        now = self.host.clock.now()
+
         async def one(job_id: str) -> Item | None:
-            ok, old = await self.table.delete(
-                self.key(queue, job_id), "#state <> :active", {":active": "active"}
+            ok, old = await self.table.bury(
+                self.key(queue, job_id),
+                "attribute_exists(#k) AND #state <> :active AND #state <> :gone",
+                {":active": "active", ":gone": GONE},
+                now,
             )
             return old if ok else None
 
@@ -208,7 +222,7 @@ class TrackedAdmin(TrackedBase):
             mine = [e for e in newest if e.get("task") == task]
             victims.update({e["k"]: e for e in mine[keep:]})
         if victims:
-            await self.table.delete_many(list(victims))
+            await self.table.bury_many(list(victims.values()), self.host.clock.now())
             await self._drop_blobs(list(victims.values()))
         return len(victims)
 
@@ -253,7 +267,7 @@ class TrackedAdmin(TrackedBase):
         """``adopted``, ``stale`` (the job moved on: finished, redriven, deleted) or ``later``
         (a worker still holds a live lease on the job: look again next time)."""
         item = await self.table.get(self.key(env.queue, env.id))
-        if item is None or item.get("msg") != env.nonce:
+        if item is None or item.get("msg") != env.nonce or item.get("state") == GONE:
             return "stale"
         if item.get("state") not in ("queued", "active"):
             return "stale"
