@@ -36,6 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from conveyor.clock import Clock
 from conveyor.engines.redis import options as url_options
 from conveyor.engines.redis import wire
+from conveyor.engines.redis.blocking import BlockingEnqueuer
 from conveyor.engines.redis.events import EventHub
 from conveyor.engines.redis.keys import QueueKeys, queues_key
 from conveyor.engines.redis.scripts import Call, Client, ScriptRunner, scripts
@@ -127,6 +128,7 @@ class RedisEngine:
         self._known_queues: set[str] = set()
         self._next_first_queue = 0
         self._hub: EventHub | None = None
+        self._sync: BlockingEnqueuer | None = None
         #: Events over sharded pub/sub (a cluster of Redis 7 or later); set by connect().
         self._sharded_events = False
 
@@ -279,40 +281,28 @@ class RedisEngine:
         """Store jobs: one script call per queue (and per BATCH_PER_CALL jobs), pipelined."""
         if not jobs:
             return []
-        now = self.clock.now()
-        by_queue: dict[str, list[int]] = {}
-        for i, job in enumerate(jobs):
-            by_queue.setdefault(job.queue, []).append(i)
-        await self._remember_queues(set(by_queue))
+        batches = wire.enqueue_batches(jobs, self.clock.now(), self._k, BATCH_PER_CALL)
+        await self._remember_queues({job.queue for job in jobs})
         script = self._scripts["enqueue"]
-        calls: list[Call] = []
-        spans: list[list[int]] = []
-        for queue, indexes in by_queue.items():
-            k = self._k(queue)
-            keys = (k.jobs, k.ready, k.sched, k.seq, k.wake, k.events)
-            for start in range(0, len(indexes), BATCH_PER_CALL):
-                span = indexes[start : start + BATCH_PER_CALL]
-                args: list[Any] = [now]
-                for i in span:
-                    j = jobs[i]
-                    redriven = j.options.get("redriven", 0)
-                    args += (
-                        j.id,
-                        j.task,
-                        j.payload,
-                        j.priority,
-                        j.run_at,
-                        j.created_at,
-                        json.dumps(j.options),
-                        redriven if isinstance(redriven, int) else 0,
-                    )
-                calls.append((script, keys, args))
-                spans.append(span)
-        created = [False] * len(jobs)
-        for span, result in zip(spans, await self._run.run_many(calls), strict=True):
-            for i, stored in zip(span, result, strict=True):
-                created[i] = stored == 1
-        return created
+        calls: list[Call] = [(script, b.keys, b.args) for b in batches]
+        return wire.created(len(jobs), batches, await self._run.run_many(calls))
+
+    #: Task.enqueue_sync stores jobs from the caller's thread (see enqueue_blocking).
+    blocking_enqueue = True
+
+    def enqueue_blocking(self, jobs: Sequence[NewJob]) -> list[bool]:
+        """:meth:`enqueue` for synchronous producers: a plain redis-py client on the calling
+        thread, one round trip per call, no event loop and no thread hop."""
+        if self._sync is None:
+            self._sync = BlockingEnqueuer(self.options)
+        batches = wire.enqueue_batches(jobs, self.clock.now(), self._k, BATCH_PER_CALL)
+        return wire.created(len(jobs), batches, self._sync.run(batches, {j.queue for j in jobs}))
+
+    def close_blocking(self) -> None:
+        """Close the synchronous producers' client, if one was opened."""
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
 
     @_unavailable
     async def reserve(

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from conveyor.engines.redis.keys import QueueKeys
 from conveyor.records import (
     Complete,
     DeadLetter,
@@ -16,6 +18,7 @@ from conveyor.records import (
     JobEvent,
     JobRecord,
     Lease,
+    NewJob,
     Release,
     Retry,
     Settlement,
@@ -124,4 +127,55 @@ def events(queue: str, data: bytes) -> list[JobEvent]:
             )
         except (KeyError, ValueError, TypeError, AttributeError):
             log.warning("ignoring an unreadable job event on queue %r: %r", queue, item)
+    return out
+
+
+@dataclass(frozen=True)
+class EnqueueBatch:
+    """One enqueue script call: its KEYS, its ARGV, and the indexes of the jobs it stores."""
+
+    queue: str
+    keys: tuple[str, ...]
+    args: list[Any]
+    indexes: list[int]
+
+
+def enqueue_batches(
+    jobs: Sequence[NewJob], now: float, keys_of: Callable[[str], QueueKeys], per_call: int
+) -> list[EnqueueBatch]:
+    """Split ``jobs`` into enqueue script calls: one per queue and per ``per_call`` jobs
+    (layout of ARGV: enqueue.lua)."""
+    by_queue: dict[str, list[int]] = {}
+    for i, job in enumerate(jobs):
+        by_queue.setdefault(job.queue, []).append(i)
+    batches = []
+    for queue, indexes in by_queue.items():
+        k = keys_of(queue)
+        keys = (k.jobs, k.ready, k.sched, k.seq, k.wake, k.events)
+        for start in range(0, len(indexes), per_call):
+            span = indexes[start : start + per_call]
+            args: list[Any] = [now]
+            for i in span:
+                j = jobs[i]
+                redriven = j.options.get("redriven", 0)
+                args += (
+                    j.id,
+                    j.task,
+                    j.payload,
+                    j.priority,
+                    j.run_at,
+                    j.created_at,
+                    json.dumps(j.options) if j.options else "{}",
+                    redriven if isinstance(redriven, int) else 0,
+                )
+            batches.append(EnqueueBatch(queue, keys, args, span))
+    return batches
+
+
+def created(count: int, batches: Sequence[EnqueueBatch], results: Sequence[Any]) -> list[bool]:
+    """Per job, whether the enqueue scripts stored it (``False``: the id existed)."""
+    out = [False] * count
+    for batch, result in zip(batches, results, strict=True):
+        for i, stored in zip(batch.indexes, result, strict=True):
+            out[i] = stored == 1
     return out
