@@ -39,6 +39,9 @@ class App:
     default. One engine connection is opened per event loop, lazily.
     """
 
+    #: The engine's blocking twin for ``enqueue_sync`` (or None); set on first use.
+    _blocking_enqueuer: Any
+
     def __init__(
         self,
         url: str | None = None,

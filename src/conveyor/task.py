@@ -323,12 +323,6 @@ class BlockingEnqueue(Protocol):
         ...
 
 
-#: Per app: its engine's blocking twin (an engine of its own), or None if it has none.
-_blocking_engines: weakref.WeakKeyDictionary[App, BlockingEnqueue | None] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def _blocking_engine(app: App) -> BlockingEnqueue | None:
     """The app's blocking enqueuer; refuses (like ``run_sync``) inside a running loop."""
     try:
@@ -337,11 +331,13 @@ def _blocking_engine(app: App) -> BlockingEnqueue | None:
         pass
     else:
         raise RuntimeError("a *_sync method was called inside an event loop; use await")
-    if app in _blocking_engines:
-        return _blocking_engines[app]
+    # Kept on the app itself (its engine's blocking twin, an engine of its own, or None).
+    if hasattr(app, "_blocking_enqueuer"):
+        cached: BlockingEnqueue | None = app._blocking_enqueuer
+        return cached
     engine = open_engine(app.url, app.clock)
     found = engine if isinstance(engine, BlockingEnqueue) and engine.blocking_enqueue else None
-    _blocking_engines[app] = found
+    app._blocking_enqueuer = found
     if found is not None:
         weakref.finalize(app, getattr(found, "close_blocking", lambda: None))
     return found
