@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoRegionError
 
 from conveyor.engines.sqs.options import SQSOptions
+from conveyor.errors import ConfigurationError
 
 #: Standard retry mode with a few attempts: throttling and 5xx errors are retried by botocore.
 _RETRIES = {"mode": "standard", "max_attempts": 5}
@@ -96,11 +97,18 @@ class Clients:
             kwargs["region_name"] = self.options.region
         if self.options.endpoint_url:
             kwargs["endpoint_url"] = self.options.endpoint_url
-        self.sqs = await self._client(session, "sqs", kwargs)
-        if self.options.tracked:
-            self.dynamodb = await self._client(session, "dynamodb", kwargs)
-        if self.options.claim_check is not None:
-            self.s3 = await self._client(session, "s3", kwargs)
+        try:
+            self.sqs = await self._client(session, "sqs", kwargs)
+            if self.options.tracked:
+                self.dynamodb = await self._client(session, "dynamodb", kwargs)
+            if self.options.claim_check is not None:
+                self.s3 = await self._client(session, "s3", kwargs)
+        except NoRegionError:
+            await self.close()
+            raise ConfigurationError(
+                "no AWS region for the SQS engine: add region=... to the URL or set "
+                "AWS_DEFAULT_REGION"
+            ) from None
 
     async def _client(self, session: Any, service: str, kwargs: dict[str, Any]) -> Any:
         client = await self._stack.enter_async_context(session.create_client(service, **kwargs))
