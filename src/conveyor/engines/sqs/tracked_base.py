@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor.engines.sqs.state import Item, StateTable
-from conveyor.records import Attempt, JobRecord, LogLine, State
+from conveyor.records import Attempt, JobRecord, LogLine, State, load_options
 
 if TYPE_CHECKING:
     from conveyor.engines.sqs.engine import SQSEngine
+
+T = TypeVar("T")
 
 #: Concurrent DynamoDB requests per batch of settlements, leases or enqueues.
 CONCURRENCY = 32
@@ -47,7 +49,8 @@ class TrackedBase:
         run_at = float(item.get("run_at", 0.0))
         if state is State.QUEUED and run_at > now:
             state = State.SCHEDULED
-        options = json.loads(item.get("opts") or "{}")
+        # A corrupted value must not stop the queue: the worker dead-letters the job instead.
+        options = load_options(item.get("opts") or "{}")
         if item.get("redriven"):
             options["redriven"] = int(item["redriven"])
         return JobRecord(
@@ -65,8 +68,8 @@ class TrackedBase:
             finished_at=_float(item.get("finished")),
             progress=float(item.get("progress", 0.0)),
             result=item.get("result"),
-            failures=[Attempt.from_dict(json.loads(s)) for s in item.get("failures", [])],
-            logs=[LogLine(**json.loads(s)) for s in item.get("logs", [])],
+            failures=_each(item.get("failures"), lambda s: Attempt.from_dict(json.loads(s))),
+            logs=_each(item.get("logs"), lambda s: LogLine(**json.loads(s))),
             lease_token=item.get("tok"),
             lease_expires_at=_float(item.get("lexp")),
             worker=str(item.get("wk", "")),
@@ -108,3 +111,14 @@ class TrackedBase:
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _each(values: Any, parse: Callable[[str], T]) -> list[T]:
+    """Parse each stored JSON entry of a list, leaving out any that is corrupted."""
+    out: list[T] = []
+    for value in values or []:
+        try:
+            out.append(parse(value))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            continue
+    return out
