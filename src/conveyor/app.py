@@ -194,6 +194,11 @@ class App:
             self._payload_limit = engine.max_payload_bytes
         return engine
 
+    def open_engines(self) -> list[Engine]:
+        """The engines this app has connected, one per event loop (for metrics)."""
+        with self._engine_lock:
+            return list(self._engines.values())
+
     def engine_payload_limit(self) -> int | None:
         """The connected engine's own payload limit, if it has one."""
         return self._payload_limit

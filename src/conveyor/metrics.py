@@ -32,7 +32,7 @@ try:
         generate_latest,
         start_http_server,
     )
-    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -305,6 +305,36 @@ class EngineCollector(Collector):
             )
             busy.add_metric([], float(snap.busy_workers))
             yield busy
+        yield from self._requests()
+
+    def _requests(self) -> Iterable[Metric]:
+        """API requests of engines that bill per request (SQS): divide the two counters'
+        rates for requests per job."""
+        by_operation: dict[str, int] = {}
+        finished = 0
+        for engine in self.app.open_engines():
+            request_stats = getattr(engine, "request_stats", None)
+            if request_stats is None:
+                continue
+            snapshot = request_stats()
+            finished += snapshot.jobs_finished
+            for operation, count in snapshot.by_operation.items():
+                by_operation[operation] = by_operation.get(operation, 0) + count
+        if not by_operation and not finished:
+            return
+        requests = CounterMetricFamily(
+            "conveyor_engine_requests",
+            "API requests this process's engines made, by service.Operation (SQS bills each).",
+            labels=["operation"],
+        )
+        for operation, count in sorted(by_operation.items()):
+            requests.add_metric([operation], float(count))
+        jobs = CounterMetricFamily(
+            "conveyor_engine_jobs_finished",
+            "Jobs this process's engines finished (completed or dead), for requests per job.",
+        )
+        jobs.add_metric([], float(finished))
+        yield from (requests, jobs)
 
 
 @dataclass

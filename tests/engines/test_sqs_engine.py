@@ -554,3 +554,34 @@ async def test_delivery_only_status_uses_queue_attributes(sqs_endpoint: str, cli
         await app.close()
     status = await asyncio.to_thread(cli_url, url, "status")
     assert "mail" in status
+
+
+async def test_metrics_export_the_engines_request_counts(sqs_url: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from conveyor.metrics import instrument
+
+    app = conveyor.App(sqs_url)
+
+    @app.task(queue="billing")
+    async def noop(n: int) -> None:
+        return None
+
+    metrics = instrument(app)
+    try:
+        await noop.enqueue_many(range(12))
+        await conveyor.testing.drain(app, concurrency=4)
+        families = {
+            f.name: f for f in text_string_to_metric_families((await metrics.render()).decode())
+        }
+        finished = families["conveyor_engine_jobs_finished"].samples[0].value
+        assert finished == 12
+        requests = {
+            s.labels["operation"]: s.value
+            for s in families["conveyor_engine_requests"].samples
+            if s.name.endswith("_total")
+        }
+        assert requests.get("sqs.SendMessageBatch", 0) + requests.get("sqs.SendMessage", 0) >= 1
+        assert sum(requests.values()) > 0
+    finally:
+        await app.close()
