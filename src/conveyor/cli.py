@@ -126,6 +126,12 @@ def cli(debug: bool) -> None:
 @click.option("--processes", "-p", default=1, show_default=True, help="Worker processes.")
 @click.option("--grace", default=30.0, show_default=True, help="Seconds to finish on SIGTERM.")
 @click.option("--burst", is_flag=True, help="Exit when no job is due and none runs.")
+@click.option(
+    "--idle-wait",
+    default=1.0,
+    show_default=True,
+    help="Longest idle wait per engine call, in seconds (SQS: up to 20 saves requests).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option(
@@ -143,6 +149,7 @@ def worker(
     processes: int,
     grace: float,
     burst: bool,
+    idle_wait: float,
     log_level: str,
     log_format: str,
     metrics_port: int | None,
@@ -164,7 +171,14 @@ def worker(
         sys.exit(supervise(per_child))
     app = load_app(app_path)
     queue_list = [q.strip() for q in queues.split(",")] if queues else None
-    w = Worker(app, queues=queue_list, concurrency=concurrency, grace_period=grace, burst=burst)
+    w = Worker(
+        app,
+        queues=queue_list,
+        concurrency=concurrency,
+        grace_period=grace,
+        burst=burst,
+        idle_wait=idle_wait,
+    )
     tracking: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if metrics_port is not None:
         tracking = _start_metrics(app, metrics_port, metrics_addr).metrics.track_worker()
