@@ -50,6 +50,11 @@ CRASH_CI = CrashSize(jobs=1500, kills=6, workers=4, producers=2, rate=150, kill_
 CRASH_FULL = CrashSize(
     jobs=20_000, kills=25, workers=4, producers=2, rate=350, kill_fraction=0.0008
 )
+#: SQS on moto takes about 15 enqueues a second; a slower run with more chosen-point kills.
+CRASH_SQS_CI = CrashSize(jobs=300, kills=4, workers=3, producers=1, rate=15, kill_fraction=0.02)
+CRASH_SQS_FULL = CrashSize(
+    jobs=3000, kills=20, workers=3, producers=1, rate=15, kill_fraction=0.005
+)
 SQLITE_CI = CrashSize(
     jobs=3000, kills=8, workers=3, producers=3, rate=300, kill_fraction=0.0, ms_max=5, batch=3,
     commit_kill_odds=0.002,

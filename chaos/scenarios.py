@@ -73,7 +73,10 @@ def _drain_verdict(r: dict[str, Any]) -> list[str]:
 
 
 async def _crashes(target: Target, d: Path, seed: int, full: bool) -> dict[str, Any]:
-    size = crashes.CRASH_FULL if full else crashes.CRASH_CI
+    if target.engine == "sqs":
+        size = crashes.CRASH_SQS_FULL if full else crashes.CRASH_SQS_CI
+    else:
+        size = crashes.CRASH_FULL if full else crashes.CRASH_CI
     return await crashes.crash_run(target, d, seed, size, scenario="crashes")
 
 

@@ -19,16 +19,21 @@ from chaos.scenarios import SCENARIOS, run_scenario
 SEED = int(os.environ.get("CHAOS_SEED", "7"))
 
 
+#: On SQS (moto) only the quick scenario runs in CI; ``python -m chaos --engine sqs`` runs
+#: the others (crashes ~35 s, retries-dlq ~100 s at CI size).
+SQS_IN_CI = {"hostile"}
+
+
 def _engines() -> list[str]:
     wanted = os.environ.get("CONVEYOR_TEST_ENGINES")
-    return [e.strip() for e in wanted.split(",")] if wanted else ["sqlite", "redis"]
+    return [e.strip() for e in wanted.split(",")] if wanted else ["sqlite", "redis", "sqs"]
 
 
 CASES = [
     pytest.param(name, engine, id=f"{name}-{engine}")
     for name, scenario in SCENARIOS.items()
     for engine in scenario.engines
-    if engine in _engines()
+    if engine in _engines() and (engine != "sqs" or name in SQS_IN_CI)
 ]
 
 
