@@ -88,13 +88,13 @@ def main() -> None:
     if args.merge:
         doc = json.loads(args.merge.read_text())
         stamp = args.merge.stem
-        doc.setdefault("reruns", []).append(
-            {
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "targets": names,
-                "load_start": os.getloadavg(),
-            }
-        )
+        rerun: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_start": [round(x, 2) for x in os.getloadavg()],
+            "targets": {},
+        }
+        doc.setdefault("reruns", []).append(rerun)
+        measured = rerun["targets"]
     else:
         stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
         doc = {
@@ -103,6 +103,7 @@ def main() -> None:
             "machine": machine(server),
             "targets": {},
         }
+        measured = doc["targets"]
     try:
         if not args.no_raw and not args.merge:
             log("reference limits")
@@ -113,9 +114,7 @@ def main() -> None:
             }
         for name in names:
             log(f"== {name}")
-            if args.merge and name in doc["targets"]:  # keep what the re-run replaces
-                doc.setdefault("superseded", {}).setdefault(name, []).append(doc["targets"][name])
-            doc["targets"][name] = measure(name, settings, server)
+            measured[name] = measure(name, settings, server)
             write(doc, stamp)  # keep what was measured if a later target hangs
     finally:
         server.stop()
@@ -124,7 +123,7 @@ def main() -> None:
         doc["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
         doc["seconds"] = time.monotonic() - began
     else:
-        doc["reruns"][-1]["load_end"] = os.getloadavg()
+        doc["reruns"][-1]["load_end"] = [round(x, 2) for x in os.getloadavg()]
     path = write(doc, stamp)
     log(f"results in {path} ({(time.monotonic() - began) / 60:.1f} min)")
 

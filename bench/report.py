@@ -265,16 +265,6 @@ def render(doc: Doc) -> str:
         "ratios in brackets are *peer ÷ Conveyor* (for rates < 1 means Conveyor is faster; "
         "for latency, CPU, commands and memory > 1 means Conveyor spends less).\n"
     )
-    reruns = doc.get("reruns") or []
-    if reruns:
-        head += "\nRe-measured later in the same conditions (private server, same machine): " + (
-            "; ".join(
-                f"{', '.join(r['targets'])} at {r['date']} (load "
-                f"{', '.join(f'{x:.2f}' for x in r['load_start'])})"
-                for r in reruns
-            )
-            + ". The replaced measurements are kept in the JSON under `superseded`.\n"
-        )
     return "\n".join(
         [
             head,
@@ -290,6 +280,29 @@ def render(doc: Doc) -> str:
             configs(doc),
             "\n## Spread of the repeated measurements\n",
             spread(doc, REDIS_TARGETS + SQLITE_TARGETS),
+            *(rerun_section(r) for r in doc.get("reruns") or []),
             "",
+        ]
+    )
+
+
+def rerun_section(rerun: Doc) -> str:
+    """A later re-measurement of some targets: its own tables, ratios within the re-run."""
+    sub: Doc = {"targets": rerun["targets"]}
+    names = list(rerun["targets"])
+    load = ", ".join(f"{x:.2f}" for x in rerun["load_start"])
+    end = ", ".join(f"{x:.2f}" for x in rerun.get("load_end", []))
+    return "\n".join(
+        [
+            f"\n## Re-run of {', '.join(names)}, {rerun['date']}\n",
+            f"Same harness and machine, load average {load} at its start ({end} at its end); "
+            "ratios are within the re-run.\n",
+            table(sub, [n for n in REDIS_TARGETS if n in names], "conveyor-redis"),
+            "",
+            table(sub, [n for n in SQLITE_TARGETS if n in names], "conveyor-sqlite"),
+            "\n### Targets, by the re-run\n",
+            targets(sub),
+            "\n### Spread\n",
+            spread(sub, [n for n in REDIS_TARGETS + SQLITE_TARGETS if n in names]),
         ]
     )
