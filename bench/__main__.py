@@ -50,6 +50,8 @@ def write(doc: dict[str, Any], stamp: str) -> Path:
     path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     md = report.render(doc)
     (RESULTS / f"{stamp}.md").write_text(md)
+    if stamp.startswith("quick-"):  # a smoke run of the harness: not a result to show
+        return path
     (RESULTS / "latest.md").write_text(md)
     if README.exists():
         text = README.read_text()
@@ -97,6 +99,8 @@ def main() -> None:
         measured = rerun["targets"]
     else:
         stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
+        if args.quick:
+            stamp = f"quick-{stamp}"
         doc = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "settings": {k: v for k, v in vars(settings).items() if k != "workdir"},
