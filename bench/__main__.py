@@ -55,7 +55,9 @@ def write(doc: dict[str, Any], stamp: str) -> Path:
     (RESULTS / "latest.md").write_text(md)
     if README.exists():
         text = README.read_text()
-        block = f"<!-- results -->\n{md.split(chr(10), 1)[1].strip()}\n<!-- /results -->"
+        # Under the README's own "## Latest results": every heading two levels down.
+        nested = re.sub(r"^#", "###", md.strip(), flags=re.M)
+        block = f"<!-- results -->\n{nested}\n<!-- /results -->"
         text = re.sub(r"<!-- results -->.*<!-- /results -->", lambda _: block, text, flags=re.S)
         README.write_text(text)
     return path
