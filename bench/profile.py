@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -106,21 +107,18 @@ def main() -> None:
     parser.add_argument("--stage", choices=["fill", "drain"], help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.dsn:
-        url = args.dsn
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
-        url = (
-            f"{args.url}?prefix=profile"
-            if args.engine == "redis"
-            else f"sqlite:///{workdir / 'profile.db'}"
-        )
+    url = args.dsn  # set for the children (fill, drain) by the parent
     if args.stage == "fill":
         asyncio.run(fill(url, args.jobs))
         return
     if args.stage == "drain":
         asyncio.run(drain(url, args.concurrency))
         return
+    workdir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    if args.engine == "sqlite":
+        url = f"sqlite:///{workdir / 'profile.db'}"
+    else:
+        url = f"{args.url}?prefix=profile"
     if args.engine == "redis":
         import redis
 
@@ -151,6 +149,7 @@ def main() -> None:
         check=True,
     )
     summary = summarise(raw)
+    shutil.rmtree(workdir, ignore_errors=True)
     print(summary)
     if args.out:
         args.out.write_text(summary + "\n")
