@@ -229,19 +229,42 @@ class Task(Generic[R]):
 
         Every payload is validated first; if one is bad, nothing is stored.
         """
-        specs = [i if isinstance(i, Enqueue) else Enqueue(i) for i in items]
-        new = [self.build(s.payload, s.job_id, s.delay, s.priority) for s in specs]
+        new, payloads = self._build_many(items)
         if not new:
             return []
         for mw in self.app.middleware:
             mw.on_enqueue(new)
         engine = await self.app.engine()
         created = await engine.enqueue(new)
-        return [self._handle(n, c, s.payload) for n, c, s in zip(new, created, specs, strict=True)]
+        return [self._handle(n, c, p) for n, c, p in zip(new, created, payloads, strict=True)]
 
     def enqueue_many_sync(self, items: Iterable[Any]) -> list[Job[Any]]:
-        """:meth:`enqueue_many` for synchronous code."""
-        return self.app.run_sync(self.enqueue_many(list(items)))
+        """:meth:`enqueue_many` for synchronous code (stored from the calling thread where
+        the engine can, as :meth:`enqueue_sync` does)."""
+        blocking = _blocking_engine(self.app)
+        if blocking is None:
+            return self.app.run_sync(self.enqueue_many(list(items)))
+        new, payloads = self._build_many(items)
+        if not new:
+            return []
+        for mw in self.app.middleware:
+            mw.on_enqueue(new)
+        created = blocking.enqueue_blocking(new)
+        return [self._handle(n, c, p) for n, c, p in zip(new, created, payloads, strict=True)]
+
+    def _build_many(self, items: Iterable[Any]) -> tuple[list[NewJob], list[Any]]:
+        """Validate and encode every item (a payload or an :class:`Enqueue`); raises on the
+        first bad one, before anything is stored."""
+        new: list[NewJob] = []
+        payloads: list[Any] = []
+        for item in items:
+            if isinstance(item, Enqueue):
+                new.append(self.build(item.payload, item.job_id, item.delay, item.priority))
+                payloads.append(item.payload)
+            else:
+                new.append(self.build(item))
+                payloads.append(item)
+        return new, payloads
 
     def build(
         self,
