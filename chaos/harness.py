@@ -21,6 +21,8 @@ from chaos.truth import TruthLog
 from conveyor.records import JobRecord, State
 
 ROOT = Path(__file__).resolve().parent.parent
+#: From importing the app to handling SIGTERM, a worker needs a moment more.
+BOOT_SETTLE = 1.0
 PAGE = 1000
 
 
@@ -72,6 +74,7 @@ class Fleet:
         self.log = TruthLog(self.directory, "harness")
         self._n = 0
         self._booted: set[int] = set()
+        self._booted_at: dict[int, float] = {}
 
     def command(self) -> list[str]:
         """The worker command line."""
@@ -104,6 +107,7 @@ class Fleet:
                 path = self.directory / f"truth-{p.pid}.jsonl"
                 if path.exists() and path.stat().st_size > 0:
                     self._booted.add(p.pid)
+                    self._booted_at[p.pid] = time.monotonic()
             if p.pid in self._booted:
                 out.append(p)
         return out
@@ -152,7 +156,16 @@ class Fleet:
         return victim.pid
 
     async def stop(self, timeout: float = 60.0) -> list[int]:
-        """SIGTERM every worker and wait for them; their exit codes."""
+        """SIGTERM every worker and wait for them; their exit codes.
+
+        A worker still importing its app has no signal handler yet, and SIGTERM would end it
+        with -15 (see docs/reliability.md): wait until each is up, plus a moment.
+        """
+        deadline = time.monotonic() + 30
+        while len(self.booted()) < len(self.alive()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        youngest = max((self._booted_at.get(p.pid, 0.0) for p in self.alive()), default=0.0)
+        await asyncio.sleep(max(0.0, youngest + BOOT_SETTLE - time.monotonic()))
         live = self.alive()
         for p in live:
             self.kill(p, signal.SIGTERM)
