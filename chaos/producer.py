@@ -44,7 +44,12 @@ async def produce(
     rng = random.Random(seed)
     started = time.monotonic()
     done = 0
+    # A fixed number of chosen-point kills, alternating the two points, at seeded positions.
     points = ("after_end", "after_start")
+    chosen = round(count * kill_fraction) if kill_fraction > 0 else 0
+    killers = {
+        first + n: points[i % 2] for i, n in enumerate(rng.sample(range(count), min(chosen, count)))
+    }
     try:
         for start in range(first, first + count, batch):
             if until is not None and time.time() >= until:
@@ -52,7 +57,7 @@ async def produce(
             numbers = range(start, min(start + batch, first + count))
             items = []
             for n in numbers:
-                kill = rng.choice(points) if rng.random() < kill_fraction else ""
+                kill = killers.get(n, "")
                 work = tasks.Work(ms=rng.uniform(ms_max / 20, ms_max), kill=kill)  # type: ignore[arg-type]
                 items.append(conveyor.Enqueue(work, job_id=job_id(n)))
             ids = [job_id(n) for n in numbers]
