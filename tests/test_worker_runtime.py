@@ -217,3 +217,23 @@ def test_metrics_port_gives_each_worker_process_its_own_port(sqlite_url: str) ->
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_sigterm_while_the_app_is_still_importing_exits_zero(sqlite_url: str) -> None:
+    env = {
+        **os.environ,
+        "CONVEYOR_URL": sqlite_url,
+        "PYTHONPATH": os.getcwd(),
+        "CONVEYOR_TEST_IMPORT_DELAY": "6",  # worker_app sleeps this long while imported
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "worker", "tests.conformance.worker_app:app"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(3.5)  # the CLI is up and importing the app
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()

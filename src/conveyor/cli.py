@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -160,6 +161,11 @@ def worker(
     from conveyor.worker import Worker
     from conveyor.worker.supervisor import supervise
 
+    # A stop requested while the app is still importing (or after the drain, while the
+    # interpreter exits) must end the worker cleanly, not kill it with the default action.
+    stop_requested: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop_requested.append(signum))
     logs.configure(log_level, log_format)
     if processes > 1:
         args = _strip_option_values(sys.argv[1:], ("--processes", "-p", "--metrics-port"))
@@ -184,6 +190,8 @@ def worker(
         tracking = _start_metrics(app, metrics_port, metrics_addr).metrics.track_worker()
 
     async def main() -> None:
+        if stop_requested:
+            w.stop()  # asked to stop before it started: drain nothing, exit 0
         try:
             with tracking:
                 await w.run_until_signal()

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from pydantic import BaseModel
 
 import conveyor
+
+# Lets a test signal a worker while it is still importing its app.
+time.sleep(float(os.environ.get("CONVEYOR_TEST_IMPORT_DELAY", "0")))
 
 app = conveyor.App(lease_seconds=float(os.environ.get("CONVEYOR_TEST_LEASE", "30")))
 

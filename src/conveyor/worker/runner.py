@@ -169,13 +169,18 @@ class Worker:
                     if not entry.settling:  # a finished job is only waiting for its answer
                         entry.task.cancel()  # each releases its job in its own handler
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # asyncio's remove_signal_handler resets to the default action, which would let a
+        # late signal kill the exiting process (exit -15): put back what was there before.
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig in previous:
             loop.add_signal_handler(sig, on_signal)
         try:
             return await self.run()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig, handler in previous.items():
                 loop.remove_signal_handler(sig)
+                if handler is not None:
+                    signal.signal(sig, handler)
             # The process is about to exit: alerts suppressed by de-duplication are counted
             # only in memory, so send their summaries now rather than never.
             try:
