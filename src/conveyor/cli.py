@@ -4,36 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import importlib
 import json
 import os
-import re
 import signal
 import sys
-import time
 from collections.abc import Callable, Coroutine
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from conveyor.app import App
+from conveyor.cli_output import age_text, job_table, out, parse_when, show_record
 from conveyor.dlq import DeadFilter
 from conveyor.engines import redact
 from conveyor.errors import ConveyorError
-from conveyor.job import failure_log
-from conveyor.records import JobRecord, State
+from conveyor.records import State
 
 if TYPE_CHECKING:
     from conveyor.metrics import MetricsServer
 
 T = TypeVar("T")
-#: Piped output gets wide tables, so job ids and errors are never cut (grep-able).
-PIPED_WIDTH = 240
-out = Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
 # -- loading the app --------------------------------------------------------------------------
@@ -244,7 +237,7 @@ async def status(app: App) -> None:
     table.add_column("paused")
     now = app.clock.now()
     for s in stats:
-        oldest = "-" if s.oldest_dead_at is None else _age(now - s.oldest_dead_at)
+        oldest = "-" if s.oldest_dead_at is None else age_text(now - s.oldest_dead_at)
         table.add_row(
             s.queue,
             *(str(s.counts.get(state, 0)) for state in State),
@@ -273,7 +266,7 @@ async def jobs(app: App, queue: str, state: str, limit: int, offset: int) -> Non
     """List jobs of QUEUE in one state."""
     engine = await app.engine()
     records = await engine.list_jobs(queue, State(state), limit=limit, offset=offset)
-    _job_table(records, f"{queue}: {state}")
+    job_table(records, f"{queue}: {state}")
 
 
 @cli.command()
@@ -293,7 +286,7 @@ async def job(app: App, job_id: str, queue: str | None, as_json: bool) -> None:
     if len(found) > 1:
         names = ", ".join(r.queue for r in found)
         raise click.ClickException(f"job id {job_id!r} exists in {names}: add --queue")
-    _show_record(found[0], as_json)
+    show_record(found[0], as_json)
 
 
 @cli.command()
@@ -376,7 +369,7 @@ def with_filters(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _filter(
     task: str | None, error: str | None, since: str | None, until: str | None
 ) -> DeadFilter:
-    return DeadFilter(task=task, error=error, since=_when(since), until=_when(until))
+    return DeadFilter(task=task, error=error, since=parse_when(since), until=parse_when(until))
 
 
 @dlq.command("list")
@@ -396,7 +389,7 @@ async def dlq_list(
 ) -> None:
     """List dead jobs of QUEUE, newest first."""
     found = await app.dlq.list(queue, _filter(task, error, since, until), limit=limit)
-    _job_table([j.record for j in found if j.record], f"{queue}: dead-letter queue")
+    job_table([j.record for j in found if j.record], f"{queue}: dead-letter queue")
 
 
 @dlq.command("show")
@@ -409,7 +402,7 @@ async def dlq_show(app: App, queue: str, job_id: str, as_json: bool) -> None:
     """Show a dead job with every attempt and its traceback."""
     found = await app.dlq.show(queue, job_id)
     assert found.record is not None
-    _show_record(found.record, as_json)
+    show_record(found.record, as_json)
 
 
 @dlq.command("redrive")
@@ -466,119 +459,6 @@ async def dlq_purge(
             raise click.Abort()
     n = await app.dlq.purge(queue, list(job_ids) if job_ids else None, where)
     out.print(f"purged {n} job(s) of {queue}")
-
-
-# -- output helpers ---------------------------------------------------------------------------
-
-
-def _job_table(records: list[JobRecord], title: str) -> None:
-    if not records:
-        out.print(f"{title}: none")
-        return
-    table = Table(title=title)
-    for col in ("id", "task", "state", "attempts", "progress", "when", "last error"):
-        table.add_column(col)
-    for r in records:
-        last = r.failures[-1] if r.failures else None
-        when = r.finished_at or r.run_at
-        table.add_row(
-            r.id,
-            r.task,
-            r.state.value,
-            str(r.attempts),
-            f"{r.progress:.0f}%",
-            _time(when),
-            f"{last.error_type}: {last.message}"[:80] if last else "",
-        )
-    out.print(table)
-
-
-def _show_record(r: JobRecord, as_json: bool) -> None:
-    failures = failure_log(r)
-    if as_json:
-        doc = {
-            "queue": r.queue,
-            "id": r.id,
-            "task": r.task,
-            "state": r.state.value,
-            "attempts": r.attempts,
-            "priority": r.priority,
-            "payload": _json_or_text(r.payload),
-            "result": _json_or_text(r.result),
-            "progress": r.progress,
-            "created_at": r.created_at,
-            "run_at": r.run_at,
-            "finished_at": r.finished_at,
-            "logs": [{"at": line.at, "message": line.message} for line in r.logs],
-            "failures": [a.to_dict() for a in failures],
-            "options": r.options,
-        }
-        click.echo(json.dumps(doc, indent=2))
-        return
-    out.print(f"[bold]{r.queue}/{r.id}[/bold]  task {r.task}  state [bold]{r.state.value}[/bold]")
-    out.print(f"attempts {r.attempts}  priority {r.priority}  progress {r.progress:.0f}%")
-    out.print(f"created {_time(r.created_at)}  due {_time(r.run_at)}  ended {_time(r.finished_at)}")
-    out.print("payload ", _json_or_text(r.payload), markup=False)
-    if r.result is not None:
-        out.print("result  ", _json_or_text(r.result), markup=False)
-    for line in r.logs:
-        out.print(f"log {_time(line.at)} {line.message}", markup=False)
-    for a in failures:
-        retry = f", retry at {_time(a.retry_at)}" if a.retry_at else ""
-        out.print(
-            f"\n[bold]attempt {a.number}[/bold] (round {a.round}) {a.outcome.value}: "
-            f"{a.error_type}: {a.message}",
-            markup=True,
-            highlight=False,
-        )
-        out.print(
-            f"  worker {a.worker or '?'}  {_time(a.started_at)} -> {_time(a.ended_at)}{retry}",
-            markup=False,
-        )
-        if a.traceback:
-            out.print(a.traceback.rstrip(), markup=False)
-
-
-def _json_or_text(data: bytes | None) -> Any:
-    if data is None:
-        return None
-    try:
-        return json.loads(data)
-    except ValueError:
-        return data.decode(errors="replace")
-
-
-def _time(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _when(text: str | None) -> float | None:
-    """``30m``/``2h``/``7d`` ago, or an ISO-8601 time, as epoch seconds."""
-    if text is None:
-        return None
-    m = _DURATION.match(text.strip())
-    if m:
-        return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        return dt.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: use 30m, 2h, 7d or an ISO time") from None
 
 
 # -- commands that live elsewhere -------------------------------------------------------------
