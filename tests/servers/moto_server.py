@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import free_port, wait_for_port
+from tests.servers import aws_emulator, free_port
 
 
 @pytest.fixture(scope="session")
@@ -20,21 +19,5 @@ def moto_endpoint() -> Iterator[str]:
     exe = shutil.which("moto_server") or os.path.join(
         os.path.dirname(sys.executable), "moto_server"
     )
-    cmd = [exe, "-H", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-    except RuntimeError:
-        proc.kill()
-        raise RuntimeError(
-            "moto_server did not start; install the dev extra: pip install -e '.[dev]'"
-        ) from None
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with aws_emulator([exe, "-H", "127.0.0.1", "-p", str(port)], port) as url:
+        yield url

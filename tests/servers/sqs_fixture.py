@@ -11,7 +11,6 @@ SQS requests (long polls included) stay concurrent.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -22,7 +21,7 @@ from urllib.parse import urlencode
 import boto3
 import pytest
 
-from tests.servers import free_port, wait_for_port
+from tests.servers import aws_emulator, free_port
 
 
 def make_sqs_url(endpoint: str, *, tracked: bool = True, **options: Any) -> str:
@@ -50,23 +49,8 @@ def sqs_endpoint() -> Iterator[str]:
         "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
     }
     command = [sys.executable, "-m", "tests.servers.sqs_fixture", str(port)]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-    except RuntimeError:
-        proc.kill()
-        raise RuntimeError(
-            "moto's server did not start; install the dev extra: pip install -e '.[dev]'"
-        ) from None
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with aws_emulator(command, port, env) as url:
+        yield url
 
 
 @pytest.fixture
