@@ -78,3 +78,31 @@ async def test_several_processes_never_claim_the_same_job(tmp_path: Path) -> Non
     (stats,) = await engine.stats()
     assert stats.counts[conveyor.State.COMPLETED] == 2000
     await engine.close()
+
+
+def test_many_first_connections_to_a_new_file_all_succeed(tmp_path: Path) -> None:
+    """Ten producers opening a brand-new file at once: switching it to WAL used to answer
+    'database is locked' to some of them at once, without waiting (busy_timeout)."""
+    import threading
+
+    for round_ in range(30):
+        path = tmp_path / f"new-{round_}.db"
+        errors: list[BaseException] = []
+
+        def produce(i: int, path: Path = path, errors: list[BaseException] = errors) -> None:
+            engine = SQLiteEngine(path, SystemClock())
+            try:
+                engine.enqueue_blocking([NewJob("q", f"j{i}", "t", b"null", 0, 0, 0)])
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                engine.close_blocking()
+
+        threads = [threading.Thread(target=produce, args=(i,)) for i in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == [], (round_, errors)
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 10

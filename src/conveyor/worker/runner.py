@@ -12,7 +12,6 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,8 @@ from conveyor.records import (
 )
 from conveyor.signing import SignatureInvalid
 from conveyor.worker.errors import attempt_from
-from conveyor.worker.process_pool import ChildFailed, ProcessPool
+from conveyor.worker.executors import Executors
+from conveyor.worker.process_pool import ChildFailed
 from conveyor.worker.settler import Settler
 
 if TYPE_CHECKING:
@@ -110,8 +110,7 @@ class Worker:
         self._running: dict[tuple[str, str], _Running] = {}
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
-        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="conveyor-job")
-        self._processes = ProcessPool()
+        self._executors = Executors(concurrency)
         self._engine: Engine | None = None
         self._settler: Settler | None = None
 
@@ -145,8 +144,7 @@ class Worker:
             for bg in background:
                 bg.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._processes.close()
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            await self._executors.close()
             log.info("worker %s stopped: %s", self.id, self.counts)
         return self.counts
 
@@ -352,50 +350,10 @@ class Worker:
     async def _execute(
         self, task: Task[Any], options: TaskOptions, job: Job[Any], payload: Any
     ) -> bytes:
-        run = functools.partial(self._attempt, task, options, job, payload)
+        run = functools.partial(self._executors.run, task, options, job, payload)
         if self.app.middleware:
             return await chain(self.app.middleware, job, run)()
         return await run()
-
-    async def _attempt(
-        self, task: Task[Any], options: TaskOptions, job: Job[Any], payload: Any
-    ) -> bytes:
-        arg = job if task.takes_job else payload
-        args = (arg,) if (task.takes_job or task.takes_payload) else ()
-        timeout = options.timeout
-        if options.executor == "process":
-            assert job.record is not None
-            return await self._processes.run(
-                task,
-                job.queue,
-                job.id,
-                job.record.payload,
-                timeout,
-                job._reporter,  # type: ignore[arg-type]
-            )
-        try:
-            async with asyncio.timeout(timeout):
-                if options.executor == "async":
-                    value = await task.fn(*args)
-                else:
-                    loop = asyncio.get_running_loop()
-                    value = await loop.run_in_executor(self._threads, lambda: task.fn(*args))
-        except TimeoutError:
-            how = "cancelled"
-            if options.executor == "thread":
-                how = "abandoned (its thread may still run until it returns)"
-                self._replace_thread_pool()
-            raise JobTimeout(
-                f"task {task.name} ran past its {timeout:g}s timeout and was {how}"
-            ) from None
-        return task.codec.encode_result(value)
-
-    def _replace_thread_pool(self) -> None:
-        """Give new jobs a fresh pool: Python cannot kill the timed-out thread, and it would
-        hold one of the old pool's slots until its function returns."""
-        old = self._threads
-        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="conveyor-job")
-        old.shutdown(wait=False)
 
     async def _completed(
         self, record: JobRecord, task: Task[Any], options: TaskOptions, job: Job[Any], result: bytes

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +46,8 @@ T = TypeVar("T")
 
 DEFAULT_BUSY_TIMEOUT = 10.0
 DEFAULT_POLL_INTERVAL = 0.01
+#: Pause between tries to set up a connection while other connections set up the same file.
+SETUP_RETRY_SECONDS = 0.005
 
 
 class SQLiteEngine:
@@ -154,12 +158,26 @@ class SQLiteEngine:
             check_same_thread=False,
         )
         db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                self._prepare(db)
+                return db
+            except sqlite3.OperationalError as exc:
+                # Switching a new file to WAL needs an exclusive lock, and SQLite answers
+                # "locked" at once, without its busy handler, while other connections opening
+                # the same new file hold theirs: wait for them as busy_timeout promises.
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    db.close()
+                    raise
+                time.sleep(SETUP_RETRY_SECONDS * (1 + random.random()))
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute(f"PRAGMA synchronous = {self.synchronous}")
-        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         # executescript commits on its own; every statement in it is idempotent.
         db.executescript(named_sql.script(_PACKAGE, "schema.sql"))
-        return db
 
     def _close(self) -> None:
         if self._db is not None:
