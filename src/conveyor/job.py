@@ -287,7 +287,7 @@ def failure_log(record: JobRecord) -> list[Attempt]:
     reserved again. Those gaps are derived here rather than stored, so no engine needs a
     special path for them.
     """
-    rounds = record.options.get("redriven", 0)
+    rounds = record.redrive_round
     earlier = [a for a in record.failures if a.round < rounds]
     current = {a.number: a for a in record.failures if a.round == rounds}
     # The newest attempt has no record when it is running now or succeeded.

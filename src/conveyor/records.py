@@ -103,6 +103,15 @@ class JobRecord:
     worker: str = ""
 
     @property
+    def redrive_round(self) -> int:
+        """How many times the job was redriven from the DLQ (0 if the stored count is unusable).
+
+        Engines keep it in ``options["redriven"]``; attempts of round N carry ``round == N``.
+        """
+        value = self.options.get("redriven", 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    @property
     def lease(self) -> Lease:
         """The lease this record was reserved under (only for active records)."""
         if self.lease_token is None:

@@ -45,3 +45,10 @@ def test_queued_after_an_expired_lease_shows_the_lost_attempt() -> None:
 def test_earlier_rounds_come_first() -> None:
     log = failure_log(_record(State.ACTIVE, 1, [_err(1), _err(2)], rounds=1))
     assert [(a.round, a.number) for a in log] == [(0, 1), (0, 2)]
+
+
+def test_an_unusable_stored_redrive_count_reads_as_round_zero() -> None:
+    record = _record(State.DEAD, 1, [_err(1)])
+    record.options["redriven"] = "x"  # a corrupted or hand-written row
+    assert record.redrive_round == 0
+    assert [(a.round, a.number) for a in failure_log(record)] == [(0, 1)]

@@ -254,7 +254,7 @@ class Views:
             known_task=task is not None,
             payload=clip(pretty_json(record.payload)),
             result=clip(pretty_json(record.result)) if record.result is not None else None,
-            redriven=int(record.options.get("redriven", 0)),
+            redriven=record.redrive_round,
             trace_id=trace_id,
             clip=clip,
             fingerprint=queries.job_fingerprint(record),

@@ -258,7 +258,7 @@ class Worker:
 
     async def _process(self, record: JobRecord) -> None:
         started = self.app.clock.now()
-        round_ = _round_of(record)
+        round_ = record.redrive_round
         try:
             task = self.app.tasks.get(record.task)
             if task is None:
@@ -428,7 +428,7 @@ class Worker:
             started_at=started,
             ended_at=self.app.clock.now(),
             worker=self.id,
-            round=_round_of(record),
+            round=record.redrive_round,
         )
         job: Job[Any] = Job(self.app, record.queue, record.id, task=record.task, record=record)
         await self._after_failure(
@@ -568,12 +568,6 @@ class Worker:
                     await alerts.check_dlq(await engine.stats(), now)
             except Exception:
                 log.exception("worker maintenance failed; will try again")
-
-
-def _round_of(record: JobRecord) -> int:
-    """How many times the job was redriven (0 if its stored count is not a number)."""
-    value = record.options.get("redriven", 0)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _options_of(task: Task[Any], record: JobRecord) -> TaskOptions:
